@@ -1,0 +1,35 @@
+"""llama-convert: HuggingFace Llama checkpoints to MindSpore / MindFormers and back, with proof.
+
+Library API (the CLI is a thin layer over it):
+
+    from converter import plan_hf2ms, convert_hf2ms, Options
+    plan = plan_hf2ms("hf_dir", Options(format="safetensors", qkv_concat=True))   # headers only
+    result = convert_hf2ms("hf_dir", "out_dir", Options())
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pathlib import Path
+
+from .errors import ConvertError
+from .options import Options
+
+
+def plan_hf2ms(src: str | Path, options: Options | None = None):
+    """The full conversion plan from headers alone: nothing is read beyond headers, nothing written."""
+    from .plan import build_plan
+    from .source import open_hf_dir
+    return build_plan(open_hf_dir(Path(src)), options or Options())
+
+
+def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
+    """Convert a HF Llama directory into a MindFormers directory; returns an execute.Result."""
+    from .execute import execute, prepare_out_dir
+    out = Path(out)
+    if out.exists() and not force:
+        prepare_out_dir(out, force)  # raises the standard "already exists" error before any work
+    return execute(plan_hf2ms(src, options), out, force)
+
+
+__all__ = ["ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]

@@ -1,0 +1,99 @@
+"""The `llama-convert` command: a thin click layer over the library API.
+
+Exit codes: 0 success, 1 a check found a difference (verify, diff), 2 bad input or usage.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ConvertError
+from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConvertError as e:
+            click.echo(f"llama-convert: error: {e.one_line()}", err=True)
+            sys.exit(2)
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llama-convert")
+def main() -> None:
+    """Convert Llama checkpoints between HuggingFace and MindSpore/MindFormers, and prove nothing changed.
+
+    \b
+    Typical use:
+      llama-convert hf2ms ./Llama-3.2-1B ./llama-ms            # MindSpore .ckpt + llama_config.yaml
+      llama-convert hf2ms ./Llama-3.2-1B ./out --dry-run       # show the plan, write nothing
+
+    Exit status: 0 success, 1 a check failed, 2 bad input or usage.
+    """
+
+
+@main.command()
+@click.argument("src_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ckpt", show_default=True,
+              help="ckpt: one model.ckpt; safetensors: MindSpore safetensors, sharded like the source.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
+              help="keep copies weight bytes exactly; a cast rounds to nearest-even and is recorded.")
+@click.option("--qkv-concat", is_flag=True, help="Write fused attention.w_qkv and feed_forward.w_gate_hidden.")
+@click.option("--untie", is_flag=True, help="Write lm_head.weight as a copy of the embedding of a tied model.")
+@click.option("--seq-length", type=click.IntRange(min=1), default=None,
+              help="seq_length in the YAML [default: min(max_position_embeddings, 4096)].")
+@click.option("--max-shard-size", callback=_size, default=None, metavar="SIZE",
+              help="Shard safetensors output, e.g. 5GB or 500MB.")
+@click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
+              help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, untie: bool,
+          seq_length: int | None, max_shard_size: int | None, device: str, dry_run: bool, force: bool,
+          as_json: bool) -> None:
+    """Convert the HuggingFace Llama checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
+
+    \b
+    OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml for
+    mindformers' LlamaConfig, conversion.json (provenance: hashes, options, skipped
+    tensors) and the tokenizer files of SRC_DIR.
+
+    Sources: model.safetensors, sharded safetensors with index, pytorch_model.bin (+ index).
+    """
+    from . import report
+    from .plan import build_plan
+    from .source import open_hf_dir
+
+    options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
+                      max_shard_size=max_shard_size, device=device)
+    if out_dir.exists() and not force and not dry_run:
+        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+    plan = build_plan(open_hf_dir(src_dir), options)
+    if dry_run:
+        click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+        return
+    from .execute import execute
+    result = execute(plan, out_dir, force)
+    click.echo(json.dumps(report.result_json(plan, result), indent=2) if as_json
+               else report.result_text(plan, result))
+
+
+if __name__ == "__main__":
+    main()

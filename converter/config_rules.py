@@ -1,0 +1,233 @@
+"""HF config.json (+ generation_config.json) -> MindFormers LlamaConfig fields, driven by the table.
+
+The table says, key by key, whether a value is copied, checked, rejected, ignored, or handed to one
+of the named rules below. Rules exist only where one MindFormers field depends on several HF keys
+or on the weights themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConvertError
+from .mapping import Table
+from .options import Options
+
+
+@dataclass
+class Translation:
+    model_config: dict
+    ignored: dict[str, str] = field(default_factory=dict)      # HF key -> reason
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleInput:
+    hf: dict
+    options: Options
+    weights_dtype: str
+    where: Path
+    table: Table
+
+
+Rule = Callable[[RuleInput, dict, list], None]
+RULES: dict[str, Rule] = {}
+
+
+def rule(fn: Rule) -> Rule:
+    RULES[fn.__name__] = fn
+    return fn
+
+
+def _fail(inp: RuleInput, key: str, problem: str, hint: str | None = None) -> ConvertError:
+    return ConvertError(inp.where, f"{key}: {problem}", hint)
+
+
+@rule
+def architecture(inp: RuleInput, out: dict, notes: list) -> None:
+    archs = inp.hf.get("architectures") or []
+    allowed = inp.table.data["architectures"]
+    if not any(a in allowed for a in archs):
+        raise _fail(inp, "architectures", f"{archs} is not a Llama-compatible architecture",
+                    f"table {inp.table.name} converts {', '.join(allowed)}")
+
+
+@rule
+def kv_heads(inp: RuleInput, out: dict, notes: list) -> None:
+    hf = inp.hf
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    kv = hf.get("num_key_value_heads") or heads
+    if hidden % heads:
+        raise _fail(inp, "hidden_size", f"{hidden} is not divisible by num_attention_heads={heads}")
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and head_dim != hidden // heads:
+        raise _fail(inp, "head_dim", f"{head_dim} differs from hidden_size / num_attention_heads = "
+                    f"{hidden // heads}; MindFormers' Llama derives head_dim and cannot represent this")
+    if heads % kv:
+        raise _fail(inp, "num_key_value_heads", f"num_attention_heads={heads} is not divisible by "
+                    f"num_key_value_heads={kv}")
+    out["n_kv_heads"] = kv
+
+
+@rule
+def positions(inp: RuleInput, out: dict, notes: list) -> None:
+    hf = inp.hf
+    n = hf.get("max_position_embeddings") or hf.get("max_sequence_length")
+    if not n:
+        raise _fail(inp, "max_position_embeddings", "missing (and no LLaMA-1 max_sequence_length either)")
+    if "max_position_embeddings" in hf and "max_sequence_length" in hf and \
+            hf["max_sequence_length"] != hf["max_position_embeddings"]:
+        notes.append(f"max_sequence_length={hf['max_sequence_length']} ignored in favour of "
+                     f"max_position_embeddings={n}")
+    out["max_position_embedding"] = int(n)
+    seq = inp.options.seq_length or min(int(n), 4096)
+    out["seq_length"] = seq
+
+
+def rope_settings(hf: dict) -> tuple[float, dict | None]:
+    """(theta, scaling dict or None) from either transformers-4 or transformers-5 style."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        theta = hf.get("rope_theta", 10000.0)
+        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else {}
+    kind_a, kind_b = scaling.pop("rope_type", None), scaling.pop("type", None)
+    if kind_a and kind_b and kind_a != kind_b:
+        raise ValueError(f"says both rope_type={kind_a!r} and type={kind_b!r}")
+    kind = kind_a or kind_b or ("default" if not scaling else None)
+    if kind in (None, "default"):
+        return float(theta), None
+    return float(theta), {"rope_type": kind, **scaling}
+
+
+@rule
+def rope(inp: RuleInput, out: dict, notes: list) -> None:
+    key = "rope_parameters" if isinstance(inp.hf.get("rope_parameters"), dict) else "rope_scaling"
+    try:
+        theta, scaling = rope_settings(inp.hf)
+    except ValueError as e:
+        raise _fail(inp, key, str(e)) from None
+    out["theta"] = theta
+    if scaling is None:
+        out["extend_method"], out["scaling_factor"] = "None", 1.0
+        return
+    kind = scaling["rope_type"]
+    if kind == "llama3":
+        need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in need if k not in scaling]
+        if missing:
+            raise _fail(inp, key, f"llama3 scaling lacks {missing}")
+        orig = int(scaling["original_max_position_embeddings"])
+        if orig >= out["max_position_embedding"]:
+            raise _fail(inp, key, f"llama3 original_max_position_embeddings={orig} is not below "
+                        f"max_position_embeddings={out['max_position_embedding']}, which MindFormers requires")
+        # MindFormers checks for exactly these four keys, with a float factor.
+        out["extend_method"] = "LLAMA3"
+        out["scaling_factor"] = {"factor": float(scaling["factor"]),
+                                 "low_freq_factor": float(scaling["low_freq_factor"]),
+                                 "high_freq_factor": float(scaling["high_freq_factor"]),
+                                 "original_max_position_embeddings": orig}
+    elif kind == "linear":
+        # HF divides the inverse frequencies by the factor; MindFormers' "PI" divides the positions
+        # instead, which is the same angle. (MindFormers' own "linear" method rejects every numeric
+        # factor in 1.9.0, so it cannot be used.) `llama-convert verify` proves the parity.
+        out["extend_method"] = "PI"
+        out["scaling_factor"] = float(scaling["factor"])
+    else:
+        raise _fail(inp, key, f"rope scaling type {kind!r} has no MindFormers equivalent proven equal to HF's",
+                    "supported: default, llama3, linear")
+
+
+@rule
+def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
+    pad = inp.hf.get("pad_token_id")
+    if pad is None:
+        # MindFormers masks attention to every token equal to pad_token_id; HF with no pad token masks
+        # nothing. -1 matches no token id, so the forward stays the same as HF's.
+        out["pad_token_id"] = -1
+        notes.append("no pad_token_id in config.json: wrote -1, which masks no token (MindFormers masks "
+                     "attention to tokens equal to pad_token_id)")
+    else:
+        out["pad_token_id"] = pad
+
+
+@rule
+def tie(inp: RuleInput, out: dict, notes: list) -> None:
+    tied = bool(inp.hf.get("tie_word_embeddings", False))
+    out["tie_word_embeddings"] = tied and not inp.options.untie
+
+
+@rule
+def dtype(inp: RuleInput, out: dict, notes: list) -> None:
+    claimed = inp.hf.get("dtype") or inp.hf.get("torch_dtype")
+    if inp.options.dtype != "keep":
+        chosen = inp.options.dtype
+    else:
+        chosen = inp.weights_dtype
+        if claimed and claimed != chosen:
+            notes.append(f"config.json says {claimed!r} but the weights are {chosen}; the weights decide")
+    out["param_init_type"] = chosen
+    out["compute_dtype"] = chosen
+
+
+def translate(table: Table, hf: dict, generation: dict | None, options: Options, weights_dtype: str,
+              where: Path, generation_where: Path | None = None) -> Translation:
+    """The MindFormers model_config for a HF config, or a ConvertError naming the offending key."""
+    inp = RuleInput(hf, options, weights_dtype, where, table)
+    out: dict = {}
+    result = Translation(out)
+    for key, value in hf.items():
+        spec = table.config_rules.get(key)
+        if spec is None:
+            raise ConvertError(where, f"{key}: unknown config key (value {value!r:.60})",
+                               f"if it changes neither weights nor forward, add it under `config:` in "
+                               f"{table.path.name} with `ignore: <reason>`")
+        if "reject" in spec and value not in (None, False, {}, []):
+            raise ConvertError(where, f"{key}: {spec['reject']}")
+        if "require" in spec and value is not None and value != spec["require"]:
+            raise ConvertError(where, f"{key}: {value!r} is not supported, only {spec['require']!r}",
+                               "MindFormers' Llama cannot reproduce this model")
+        if "ignore" in spec:
+            result.ignored[key] = spec["ignore"]
+        for target in _as_list(spec.get("to")):
+            out[target] = value
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if not isinstance(hf.get(name), int) or hf[name] <= 0:
+            raise ConvertError(where, f"{name}: missing or not a positive integer")
+    for name in _rule_names(table):
+        RULES[name](inp, out, result.notes)
+    for key in ("qkv_has_bias", "attn_proj_has_bias"):
+        out[key] = bool(out.get(key, False))
+    out.update(table.data["mindformers"]["fixed"])
+    out.update(table.data["mindformers"]["device"][options.device])
+    out["qkv_concat"] = options.qkv_concat
+    _translate_generation(table, generation or {}, out, result, generation_where)
+    return result
+
+
+def _translate_generation(table: Table, gen: dict, out: dict, result: Translation, where: Path | None) -> None:
+    for key, spec in table.generation_rules.items():
+        if "to" in spec and (key in gen or "default" in spec):
+            out[spec["to"]] = gen.get(key, spec.get("default"))
+    out.setdefault("max_decode_length", out["seq_length"])
+    for key in gen:
+        spec = table.generation_rules.get(key, {})
+        if "to" not in spec:
+            result.ignored[f"generation_config.{key}"] = spec.get("ignore", "not a MindFormers model setting")
+
+
+def _rule_names(table: Table) -> list[str]:
+    names: list[str] = []
+    for spec in table.config_rules.values():
+        if "via" in spec and spec["via"] not in names:
+            if spec["via"] not in RULES:
+                raise ConvertError(table.path, f"config rule {spec['via']!r} does not exist in config_rules.py")
+            names.append(spec["via"])
+    return names
+
+
+def _as_list(x) -> list:
+    return [] if x is None else x if isinstance(x, list) else [x]

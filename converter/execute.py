@@ -1,0 +1,148 @@
+"""Rooms four and five: run the plan tensor by tensor and write the output directory atomically.
+
+Memory holds at most the tensors of one output tensor at a time. Output goes to a hidden sibling
+directory that is renamed into place only when everything, provenance included, is written; a
+failure leaves no directory that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import __version__, ops
+from .dtypes import cast
+from .errors import ConvertError
+from .formats.ckpt import SLICE_BYTES, CkptWriter
+from .formats.payload import InMemory, Payload
+from .formats.safetensors import SafetensorsWriter
+from .plan import Plan, PlannedTensor
+
+MS_SAFETENSORS_METADATA = {"format": "ms"}
+
+
+@dataclass
+class Result:
+    out_dir: Path
+    files: list[dict]
+    record: dict
+    seconds: float
+
+
+def materialize(pt: PlannedTensor, plan: Plan) -> Payload:
+    refs = [plan.source.tensors[s] for s in pt.sources]
+    if pt.op == "copy" and pt.cast is None:
+        return refs[0].payload()
+    arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
+    return InMemory(ops.get(pt.op).forward(arrays, plan.op_context()))
+
+
+def check_twins(plan: Plan) -> None:
+    """A tied checkpoint's extra lm_head must be the embedding, or dropping it would change the model."""
+    for dropped, kept in plan.twins:
+        a, b = plan.source.tensors[dropped], plan.source.tensors[kept]
+        if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a.read(), b.read()):
+            raise ConvertError(a.file, f"{dropped} differs from {kept}, but config.json says "
+                               f"tie_word_embeddings=true", "fix tie_word_embeddings in config.json")
+
+
+def prepare_out_dir(out_dir: Path, force: bool) -> Path:
+    """Refuse an existing OUT_DIR without force; return the hidden temporary sibling to write into."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+    if not out_dir.parent.is_dir():
+        raise ConvertError(out_dir.parent, "parent of the output directory does not exist")
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_out_dir(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def write_weights(plan: Plan, tmp: Path) -> None:
+    if plan.options.format == "ckpt":
+        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES)
+        for pt in plan.tensors:
+            writer.add(pt.name, pt.dtype, pt.shape, materialize(pt, plan))
+        writer.close()
+        return
+    for shard, fname in enumerate(plan.weight_files):
+        members = [pt for pt in plan.tensors if pt.shard == shard]
+        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members],
+                                   MS_SAFETENSORS_METADATA)
+        for pt in members:
+            writer.add(pt.name, materialize(pt, plan))
+        writer.close()
+    if len(plan.weight_files) > 1:
+        index = {"metadata": {"total_size": plan.total_bytes},
+                 "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def yaml_text(plan: Plan) -> str:
+    head = (f"# MindFormers model config written by llama-convert {__version__}\n"
+            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
+    return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
+
+
+def file_record(path: Path, name: str | None = None) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return {"name": name or path.name, "size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def provenance(plan: Plan, outputs: list[dict]) -> dict:
+    src = plan.source
+    return {
+        "tool": "llama-convert", "version": __version__, "direction": "hf2ms",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
+        "options": plan.options.as_dict(),
+        "source": {"dir": str(src.root.resolve()),
+                   "files": [file_record(p, str(p.relative_to(src.root))) for p in src.input_files()]},
+        "outputs": outputs,
+        "tensor_count": len(plan.tensors),
+        "tensors": [pt.as_dict() for pt in plan.tensors],
+        "skipped": plan.skipped,
+        "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
+    }
+
+
+def execute(plan: Plan, out_dir: Path, force: bool = False) -> Result:
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    tmp = prepare_out_dir(out_dir, force)
+    try:
+        check_twins(plan)
+        write_weights(plan, tmp)
+        for path in plan.source.tokenizer_files:
+            shutil.copyfile(path, tmp / path.name)
+        (tmp / "llama_config.yaml").write_text(yaml_text(plan))
+        outputs = [file_record(p) for p in sorted(tmp.iterdir())]
+        record = provenance(plan, outputs)
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+        commit_out_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Result(out_dir, outputs, record, time.perf_counter() - start)

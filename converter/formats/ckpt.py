@@ -1,0 +1,198 @@
+"""MindSpore .ckpt: protobuf messages, written and scanned without mindspore or protobuf.
+
+The schema (mindspore/ccsrc/utils/checkpoint.proto) is small:
+
+    message Checkpoint { message Value { required string tag = 1;
+                                         oneof value { TensorProto tensor = 2; MapTensorProto maptensor = 3; } }
+                         repeated Value value = 1; }
+    message TensorProto { repeated int64 dims = 1; required string tensor_type = 2;
+                          required bytes tensor_content = 3; }
+
+MindSpore writes one Checkpoint message per slice and concatenates them; a parameter larger than
+its slice size becomes consecutive Values with the same tag, whose contents are joined on load.
+That also keeps every message below protobuf's 2 GiB limit. We write the same wire bytes by
+hand so that tensor contents can stream straight from the source file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..dtypes import BY_CKPT, dtype as _dtype
+from ..errors import ConvertError
+from .payload import FileRanges, Payload, write_bytes
+from .tensor import TensorRef
+
+SLICE_BYTES = 512 << 20  # MindSpore's SLICE_SIZE: 512 MiB of content per Value
+_LEN, _VARINT = 2, 0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _varint(field << 3 | wire)
+
+
+def _len_field(field: int, body_len: int) -> bytes:
+    return _key(field, _LEN) + _varint(body_len)
+
+
+def value_prefix(name: str, ckpt_type: str, shape: tuple[int, ...], content_len: int) -> bytes:
+    """Every byte of one Checkpoint{Value{tag, tensor}} message except the tensor content itself."""
+    dims = b"".join(_key(1, _VARINT) + _varint(d) for d in shape)  # proto2 repeated: not packed
+    ttype = ckpt_type.encode()
+    tensor_head = dims + _len_field(2, len(ttype)) + ttype + _len_field(3, content_len)
+    tensor_len = len(tensor_head) + content_len
+    tag = name.encode()
+    value_head = _len_field(1, len(tag)) + tag + _len_field(2, tensor_len)
+    value_len = len(value_head) + tensor_len
+    return _len_field(1, value_len) + value_head + tensor_head
+
+
+class CkptWriter:
+    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES):
+        self.path = path
+        self.slice_bytes = slice_bytes
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def add(self, name: str, dt: str, shape: tuple[int, ...], payload: Payload) -> None:
+        total = payload.nbytes
+        # Slices end on element boundaries, like MindSpore's np.array_split of the tensor.
+        item = _dtype(dt).itemsize
+        step = max(item, self.slice_bytes // item * item)
+        starts = range(0, total, step) if total else [0]
+        for start in starts:
+            length = min(step, total - start)
+            write_bytes(self._fd, value_prefix(name, _dtype(dt).ckpt, shape, length))
+            payload.write_to(self._fd, start, length)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _Reader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "rb")
+        self.size = path.stat().st_size
+
+    def varint(self, limit: int) -> int:
+        shift = result = 0
+        while True:
+            if self.f.tell() >= limit:
+                raise self.corrupt("message ends inside a number")
+            b = self.f.read(1)[0]
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise self.corrupt("malformed number")
+
+    def corrupt(self, why: str) -> ConvertError:
+        return ConvertError(self.path, f"not a readable MindSpore checkpoint at byte {self.f.tell()}: {why}",
+                            "the file is truncated, corrupt, encrypted or not a .ckpt")
+
+    def skip(self, wire: int, limit: int) -> None:
+        if wire == _VARINT:
+            self.varint(limit)
+        elif wire == _LEN:
+            self.f.seek(self.varint(limit), 1)
+        elif wire == 1:
+            self.f.seek(8, 1)
+        elif wire == 5:
+            self.f.seek(4, 1)
+        else:
+            raise self.corrupt(f"unexpected wire type {wire}")
+        if self.f.tell() > limit:
+            raise self.corrupt("field runs past the end of its message")
+
+
+def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
+    """Tensors of a .ckpt from its headers (contents are skipped, not read), and non-tensor entries."""
+    r = _Reader(path)
+    found: list[tuple[str, str, tuple[int, ...], list[tuple[int, int]]]] = []
+    others: list[str] = []
+    try:
+        while r.f.tell() < r.size:
+            start = r.f.tell()
+            if r.size - start == 17 and r.f.read(7) == b"crc_num":  # optional CRC trailer
+                break
+            r.f.seek(start)
+            key = r.varint(r.size)
+            if key != (1 << 3 | _LEN):
+                raise r.corrupt("expected a Checkpoint.value entry")
+            end = r.varint(r.size) + r.f.tell()
+            if end > r.size:
+                raise r.corrupt(f"entry needs {end} bytes, file has {r.size}")
+            tag, tensor = None, None
+            while r.f.tell() < end:
+                k = r.varint(end)
+                if k == (1 << 3 | _LEN):
+                    tag = r.f.read(r.varint(end)).decode("utf-8", "replace")
+                elif k == (2 << 3 | _LEN):
+                    tensor = _scan_tensor(r, r.varint(end) + r.f.tell())
+                else:
+                    r.skip(k & 7, end)
+            if tag is None:
+                raise r.corrupt("entry without a name")
+            if tensor is None:
+                others.append(tag)
+                continue
+            ttype, dims, seg = tensor
+            if found and found[-1][0] == tag:  # a slice continuing the previous parameter
+                found[-1][3].append(seg)
+            else:
+                found.append((tag, ttype, dims, [seg]))
+    except (IndexError, UnicodeDecodeError):
+        raise r.corrupt("unexpected end of data") from None
+    finally:
+        r.f.close()
+    refs = []
+    for tag, ttype, dims, segs in found:
+        if ttype not in BY_CKPT:
+            others.append(tag)  # strings and other non-numeric entries
+            continue
+        dt = BY_CKPT[ttype].name
+        shape = () if dims == (0,) else dims
+        ref = TensorRef(tag, dt, shape, path, FileRanges(path, tuple(segs)))
+        if ref.ranges.nbytes != ref.nbytes:
+            raise ConvertError(path, f"parameter {tag!r}: {ref.ranges.nbytes} content bytes do not fit shape "
+                               f"{list(shape)} of {dt}", "the file is corrupt")
+        refs.append(ref)
+    return refs, others
+
+
+def _scan_tensor(r: _Reader, end: int) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    dims: list[int] = []
+    ttype, seg = "", (0, 0)
+    while r.f.tell() < end:
+        k = r.varint(end)
+        field, wire = k >> 3, k & 7
+        if field == 1 and wire == _VARINT:
+            dims.append(r.varint(end))
+        elif field == 1 and wire == _LEN:  # packed dims, as other writers may emit
+            stop = r.varint(end) + r.f.tell()
+            while r.f.tell() < stop:
+                dims.append(r.varint(stop))
+        elif field == 2 and wire == _LEN:
+            ttype = r.f.read(r.varint(end)).decode()
+        elif field == 3 and wire == _LEN:
+            n = r.varint(end)
+            seg = (r.f.tell(), n)
+            r.f.seek(n, 1)
+        else:
+            r.skip(wire, end)
+    if r.f.tell() != end:
+        raise r.corrupt("tensor runs past the end of its entry")
+    return ttype, tuple(dims), seg

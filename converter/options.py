@@ -1,0 +1,41 @@
+"""What the user asked for, in one place, so the plan and the provenance record agree."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+FORMATS = ("ckpt", "safetensors")
+DTYPE_CHOICES = ("keep", "bfloat16", "float16", "float32")
+DEVICES = ("Ascend", "CPU")
+
+
+@dataclass(frozen=True)
+class Options:
+    format: str = "ckpt"
+    dtype: str = "keep"
+    qkv_concat: bool = False
+    untie: bool = False
+    seq_length: int | None = None
+    max_shard_size: int | None = None      # bytes
+    device: str = "Ascend"                 # kernel settings written into the YAML
+    table: str = "llama"
+    ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count, as transformers' max_shard_size accepts."""
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    if unit not in _UNITS or not num:
+        raise ValueError(f"cannot read size {text!r}; write e.g. 5GB, 500MB or 2GiB")
+    value = float(num) * _UNITS[unit]
+    if value < 1:
+        raise ValueError(f"size {text!r} must be positive")
+    return int(value)

@@ -1,0 +1,195 @@
+"""Room two and three: from headers to a plan of every output tensor, validated before any write.
+
+A plan says, for each output tensor, its name, shape, dtype, the source tensors it is made of and
+the op that makes it. A dry run prints it; execution follows it tensor by tensor.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import ops
+from .config_rules import Translation, translate
+from .dtypes import FLOATS, dtype as _dtype
+from .errors import ConvertError
+from .mapping import Table, eval_dim, holds, layer_names, load_table, pattern_regex
+from .options import Options
+from .source import HFSource
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    sources: tuple[str, ...]
+    source_dtypes: tuple[str, ...]
+    op: str
+    shard: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _dtype(self.dtype).itemsize
+
+    @property
+    def cast(self) -> str | None:
+        changed = sorted({d for d in self.source_dtypes if d != self.dtype})
+        return f"{'/'.join(changed)}->{self.dtype}" if changed else None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "sources": list(self.sources),
+                "op": self.op, "cast": self.cast, "bytes": self.nbytes}
+
+
+@dataclass
+class Plan:
+    source: HFSource
+    table: Table
+    options: Options
+    translation: Translation
+    tensors: list[PlannedTensor]
+    skipped: list[dict] = field(default_factory=list)      # {"name", "reason"}
+    twins: list[tuple[str, str]] = field(default_factory=list)  # (dropped, must equal this)
+    weight_files: list[str] = field(default_factory=list)  # output weight file names, by shard index
+
+    @property
+    def model_config(self) -> dict:
+        return self.translation.model_config
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def model_yaml(self) -> dict:
+        mf = self.table.data["mindformers"]
+        return {"model": {"model_config": {"type": mf["config_class"], **self.model_config},
+                          "arch": {"type": mf["model_class"]}}}
+
+    def op_context(self) -> ops.OpContext:
+        return ops.OpContext(self.model_config["num_heads"], self.model_config["n_kv_heads"])
+
+
+def weights_dtype(source: HFSource) -> str:
+    """The dtype the model's weights are stored in: the embedding's (configs sometimes lie)."""
+    embed = source.tensors.get("model.embed_tokens.weight")
+    if embed is not None:
+        return embed.dtype
+    return Counter(t.dtype for t in source.tensors.values()).most_common(1)[0][0]
+
+
+def build_plan(source: HFSource, options: Options, table: Table | None = None) -> Plan:
+    table = table or load_table(options.table)
+    if not source.tensors:
+        raise ConvertError(source.weight_files[0], "holds no tensors")
+    gen_path = source.root / "generation_config.json"
+    translation = translate(table, source.config, source.generation_config, options, weights_dtype(source),
+                            source.config_file, gen_path)
+    mc = translation.model_config
+    env = {**mc, "num_layers": mc["num_layers"]}
+    dims = {k: eval_dim(v, env) for k, v in table.data["dims"].items()}
+    flags = {"qkv_concat": options.qkv_concat, "bias": mc["qkv_has_bias"], "tied": mc["tie_word_embeddings"],
+             "source_untied": not source.config.get("tie_word_embeddings", False)}
+
+    expected = _expected_hf(table, dims, flags, mc["num_layers"])
+    skipped, twins = _check_sources(source, table, expected, flags)
+    ctx = ops.OpContext(mc["num_heads"], mc["n_kv_heads"])
+    dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
+    tensors: list[PlannedTensor] = []
+    globals_, per_layer = [], []
+    for rule in table.ms_rules:
+        if not holds(rule.when, flags):
+            continue
+        for i, name in layer_names(rule.name, mc["num_layers"]):
+            srcs = tuple(_hf_name(table, key, i) for key in rule.sources)
+            shapes = [source.tensors[s].shape for s in srcs]
+            pt = PlannedTensor(name, tuple(ops.get(rule.op).out_shape(shapes, ctx)), dtype_of[rule.dtype], srcs,
+                               tuple(source.tensors[s].dtype for s in srcs), rule.op)
+            (globals_ if i is None else per_layer).append((i or 0, len(per_layer), pt))
+    tensors = [pt for *_, pt in globals_] + [pt for *_, pt in sorted(per_layer, key=lambda x: x[:2])]
+    plan = Plan(source, table, options, translation, tensors, skipped, twins)
+    _assign_shards(plan)
+    return plan
+
+
+def _hf_name(table: Table, key: str, layer: int | None) -> str:
+    pattern = table.hf_tensors[key]["name"]
+    return pattern if layer is None else pattern.replace("{i}", str(layer))
+
+
+def _expected_hf(table: Table, dims: dict, flags: dict, num_layers: int) -> dict[str, tuple[int, ...]]:
+    expected = {}
+    for spec in table.hf_tensors.values():
+        if holds(spec.get("when", ()), flags):
+            shape = tuple(dims[d] if isinstance(d, str) else int(d) for d in spec["shape"])
+            for _, name in layer_names(spec["name"], num_layers):
+                expected[name] = shape
+    return expected
+
+
+def _check_sources(source: HFSource, table: Table, expected: dict, flags: dict):
+    """Every source tensor accounted for, every expected one present with the shape the config implies."""
+    where = source.weight_files[0] if len(source.weight_files) == 1 else source.index_file
+    missing = [n for n in expected if n not in source.tensors]
+    wrong = []
+    for name, shape in expected.items():
+        ref = source.tensors.get(name)
+        if ref is not None and ref.shape != shape:
+            wrong.append(f"{name} is {list(ref.shape)} in {ref.file.name}, config.json implies {list(shape)}")
+        if ref is not None and ref.dtype not in FLOATS:
+            wrong.append(f"{name} has dtype {ref.dtype}; only bfloat16, float16 and float32 weights convert")
+    skipped, twins, unknown = [], [], []
+    skip_res = [(re.compile(pattern_regex(p)), reason) for p, reason in table.skip.items()]
+    twin_names = {table.hf_tensors[a]["name"]: table.hf_tensors[b]["name"] for a, b in table.tied_twins.items()}
+    for name in source.tensors:
+        if name in expected:
+            continue
+        reason = next((r for rx, r in skip_res if rx.match(name)), None)
+        if reason:
+            skipped.append({"name": name, "reason": reason})
+        elif name in twin_names and not flags["source_untied"]:
+            twins.append((name, twin_names[name]))
+            skipped.append({"name": name, "reason": f"tied to {twin_names[name]} (tie_word_embeddings is true); "
+                                                    f"checked equal before writing"})
+        else:
+            unknown.append(name)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing ({_few(missing)})")
+    if unknown:
+        problems.append(f"{len(unknown)} unknown tensors ({_few(unknown)}); the table {table.path.name} "
+                        f"has no rule for them")
+    if wrong:
+        problems.append(f"shape/dtype disagrees with config.json: {_few(wrong, 3)}")
+    if problems:
+        raise ConvertError(where, "; ".join(problems))
+    return skipped, twins
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
+
+
+def _assign_shards(plan: Plan) -> None:
+    opts = plan.options
+    if opts.format == "ckpt":
+        plan.weight_files = ["model.ckpt"]
+        return
+    if opts.max_shard_size:
+        shard_ids, shard, used = [], 0, 0
+        for t in plan.tensors:
+            if used and used + t.nbytes > opts.max_shard_size:
+                shard, used = shard + 1, 0
+            shard_ids.append(shard)
+            used += t.nbytes
+    elif plan.source.sharded:
+        shard_ids = [plan.source.shard_of[t.sources[0]] for t in plan.tensors]
+    else:
+        shard_ids = [0] * len(plan.tensors)
+    renumber = {s: k for k, s in enumerate(sorted(set(shard_ids)))}
+    n = len(renumber)
+    plan.tensors = [PlannedTensor(**{**t.__dict__, "shard": renumber[s]}) for t, s in zip(plan.tensors, shard_ids)]
+    plan.weight_files = (["model.safetensors"] if n == 1 else
+                         [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)])

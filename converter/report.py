@@ -1,0 +1,60 @@
+"""Room six: what a conversion did, for people and for scripts."""
+from __future__ import annotations
+
+from .execute import Result, yaml_text
+from .plan import Plan
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def plan_json(plan: Plan) -> dict:
+    return {"dry_run": True, "source": str(plan.source.root), "options": plan.options.as_dict(),
+            "weight_files": plan.weight_files, "tensor_count": len(plan.tensors), "total_bytes": plan.total_bytes,
+            "tensors": [t.as_dict() for t in plan.tensors], "skipped": plan.skipped,
+            "model_yaml": plan.model_yaml(), "ignored_config_keys": plan.translation.ignored,
+            "notes": plan.translation.notes}
+
+
+def plan_text(plan: Plan) -> str:
+    rows = [(t.name, "x".join(map(str, t.shape)), t.dtype + (f" (cast {t.cast})" if t.cast else ""),
+             t.op, ", ".join(t.sources)) for t in plan.tensors]
+    widths = [max(len(r[i]) for r in rows + [("name", "shape", "dtype", "op", "")]) for i in range(4)]
+    lines = [f"plan: {plan.source.root} -> {', '.join(plan.weight_files)} (dry run, nothing written)", ""]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(("name", "shape", "dtype", "op"), widths)) + "  sources")
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    casts = sum(1 for t in plan.tensors if t.cast)
+    lines += ["", f"total: {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, {casts} cast, "
+                  f"{len(plan.skipped)} source tensors skipped"]
+    lines += [f"skipped: {s['name']}: {s['reason']}" for s in plan.skipped]
+    lines += [f"note: {n}" for n in plan.translation.notes]
+    lines += ["", "llama_config.yaml:", yaml_text(plan)]
+    return "\n".join(lines)
+
+
+def result_json(plan: Plan, result: Result) -> dict:
+    return {"ok": True, "out_dir": str(result.out_dir), "format": plan.options.format,
+            "tensor_count": len(plan.tensors), "bytes": plan.total_bytes, "seconds": round(result.seconds, 3),
+            "files": result.files, "skipped": plan.skipped,
+            "casts": [t.as_dict() for t in plan.tensors if t.cast], "notes": plan.translation.notes}
+
+
+def result_text(plan: Plan, result: Result) -> str:
+    casts = [t for t in plan.tensors if t.cast]
+    lines = [f"converted {plan.source.root} -> {result.out_dir} in {result.seconds:.2f} s",
+             f"  {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, format {plan.options.format}"
+             f"{', qkv_concat' if plan.options.qkv_concat else ''}, dtype {plan.model_config['param_init_type']}"
+             f", tie_word_embeddings {plan.model_config['tie_word_embeddings']}"]
+    if casts:
+        kinds = sorted({t.cast for t in casts})
+        lines.append(f"  cast {len(casts)} tensors ({', '.join(kinds)}), recorded in conversion.json")
+    lines += [f"  skipped {s['name']}: {s['reason']}" for s in plan.skipped]
+    lines += [f"  note: {n}" for n in plan.translation.notes]
+    lines.append("  files: " + ", ".join(f"{f['name']} ({_size(f['size'])})" for f in result.files))
+    return "\n".join(lines)

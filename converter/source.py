@@ -1,0 +1,104 @@
+"""Read a HuggingFace model directory: configs, weight headers, tokenizer files. No tensor data."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConvertError
+from .formats import safetensors as st
+from .formats.tensor import TensorRef
+from .formats.torch_bin import read_bin
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class HFSource:
+    root: Path
+    config: dict
+    generation_config: dict | None
+    tensors: dict[str, TensorRef]
+    weight_files: list[Path]
+    index_file: Path | None = None
+    shard_of: dict[str, int] = field(default_factory=dict)  # tensor name -> index in weight_files
+    tokenizer_files: list[Path] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.weight_files) > 1
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    def input_files(self) -> list[Path]:
+        extra = [self.index_file] if self.index_file else []
+        gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
+        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
+
+
+def load_json(path: Path, what: str = "JSON file") -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConvertError(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(path, f"cannot read {what}: {e}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConvertError(path, f"{what} is not valid JSON ({e.msg} at line {e.lineno})",
+                           "the file is truncated or corrupt") from None
+    if not isinstance(data, dict):
+        raise ConvertError(path, f"{what} must hold a JSON object")
+    return data
+
+
+def open_hf_dir(root: Path) -> HFSource:
+    """Headers of a HF checkpoint directory, with every file checked to exist and parse."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConvertError(root, "source directory not found" if not root.exists() else "is not a directory")
+    config = load_json(root / "config.json", "config.json")
+    gen_path = root / "generation_config.json"
+    generation = load_json(gen_path, "generation_config.json") if gen_path.exists() else None
+    tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
+
+    for index_name, single, reader in (("model.safetensors.index.json", "model.safetensors", _read_st),
+                                       ("pytorch_model.bin.index.json", "pytorch_model.bin", read_bin)):
+        index = root / index_name
+        if index.exists():
+            files, tensors, shard_of = _read_index(index, reader)
+            return HFSource(root, config, generation, tensors, files, index, shard_of, tokenizer)
+        if (root / single).exists():
+            path = root / single
+            tensors = reader(path)
+            return HFSource(root, config, generation, tensors, [path], None, dict.fromkeys(tensors, 0), tokenizer)
+    raise ConvertError(root, "no weights found (looked for model.safetensors, model.safetensors.index.json, "
+                       "pytorch_model.bin, pytorch_model.bin.index.json)")
+
+
+def _read_st(path: Path) -> dict[str, TensorRef]:
+    return st.read_header(path)[0]
+
+
+def _read_index(index: Path, reader) -> tuple[list[Path], dict[str, TensorRef], dict[str, int]]:
+    weight_map = load_json(index, "checkpoint index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConvertError(index, "has no weight_map", "the index file is corrupt")
+    names = sorted(set(weight_map.values()))
+    files = [index.parent / n for n in names]
+    tensors: dict[str, TensorRef] = {}
+    shard_of: dict[str, int] = {}
+    for i, path in enumerate(files):
+        if not path.exists():
+            raise ConvertError(path, f"shard listed in {index.name} is missing")
+        for name, ref in reader(path).items():
+            tensors[name] = ref
+            shard_of[name] = i
+    for name, file in weight_map.items():
+        if name not in tensors or tensors[name].file.name != file:
+            raise ConvertError(index, f"lists {name!r} in {file}, but that shard does not contain it",
+                               "the index and the shards disagree; re-download them together")
+    return files, tensors, shard_of
