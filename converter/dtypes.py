@@ -69,7 +69,8 @@ def cast(data: np.ndarray, src: str, dst: str) -> np.ndarray:
     if dst == "float32":
         return wide
     if dst == "float16":
-        return wide.astype(np.float16)
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as IEEE rounding says
+            return wide.astype(np.float16)
     return _bf16_from_float32(wide)
 
 

@@ -53,7 +53,9 @@ def result_text(plan: Plan, result: Result) -> str:
              f", tie_word_embeddings {plan.model_config['tie_word_embeddings']}"]
     if casts:
         kinds = sorted({t.cast for t in casts})
-        lines.append(f"  cast {len(casts)} tensors ({', '.join(kinds)}), recorded in conversion.json")
+        lossless = all(t.dtype == "float32" for t in casts)  # every float we read widens to float32 exactly
+        how = "lossless widening" if lossless else "rounded to nearest-even"
+        lines.append(f"  cast {len(casts)} tensors ({', '.join(kinds)}; {how}), recorded in conversion.json")
     lines += [f"  skipped {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"  note: {n}" for n in plan.translation.notes]
     lines.append("  files: " + ", ".join(f"{f['name']} ({_size(f['size'])})" for f in result.files))

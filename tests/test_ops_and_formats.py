@@ -1,0 +1,113 @@
+"""The op registry and the format layers, each against an independent reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from converter import ops
+from converter.dtypes import cast
+from converter.formats import ckpt, safetensors as st_format
+from converter.formats.payload import InMemory
+
+
+@st.composite
+def heads(draw):
+    kv = draw(st.integers(1, 4))
+    per = draw(st.integers(1, 4))
+    return kv * per, kv, draw(st.integers(1, 4)), draw(st.integers(1, 5))  # heads, kv, head_dim, in-dim
+
+
+@settings(max_examples=60, deadline=None)
+@given(heads(), st.booleans())
+def test_qkv_grouped_inverse_restores_inputs(shape, bias, ):
+    n_heads, n_kv, d, x = shape
+    ctx = ops.OpContext(n_heads, n_kv)
+    rest = () if bias else (x,)
+    rng = np.random.default_rng(n_heads * 100 + n_kv)
+    q, k, v = (rng.standard_normal((h * d, *rest)).astype(np.float32) for h in (n_heads, n_kv, n_kv))
+    op = ops.get("qkv_grouped")
+    fused = op.forward([q, k, v], ctx)
+    assert fused.shape == op.out_shape([q.shape, k.shape, v.shape], ctx)
+    assert [t.shape for t in op.inverse(fused, ctx)] == op.in_shapes(fused.shape, ctx)
+    for a, b in zip(op.inverse(fused, ctx), (q, k, v)):
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 7))
+def test_gate_up_interleaved_inverse_restores_inputs(ffn, hidden):
+    rng = np.random.default_rng(ffn * 10 + hidden)
+    gate, up = (rng.integers(0, 2**16, (ffn, hidden)).astype(np.uint16) for _ in range(2))  # bf16 bit patterns
+    op = ops.get("gate_up_interleaved")
+    fused = op.forward([gate, up], None)
+    back = op.inverse(fused, None)
+    assert np.array_equal(back[0], gate) and np.array_equal(back[1], up)
+
+
+def test_every_registered_op_has_a_round_trip_test():
+    assert set(ops.OPS) == {"copy", "qkv_grouped", "gate_up_interleaved"}
+
+
+def test_qkv_grouped_matches_mindformers_layout(ms):
+    from mindformers.utils.convert_utils import qkv_concat_hf2mg
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((32, 8)), rng.standard_normal((8, 8)), rng.standard_normal((8, 8))
+    ours = ops.get("qkv_grouped").forward([q, k, v], ops.OpContext(8, 2))
+    np.testing.assert_array_equal(ours, qkv_concat_hf2mg(np.concatenate([q, k, v]), 8, 2, 32))
+
+
+@pytest.mark.parametrize("dst", ["bfloat16", "float16"])
+def test_casts_round_to_nearest_even_like_torch(dst):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10,
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-40, 65520.0, 3.3895e38], np.float32)])
+    want = torch.from_numpy(x).to(getattr(torch, dst))
+    want_bits = want.view(torch.int16).numpy().view(np.uint16) if dst == "bfloat16" else want.numpy()
+    got = cast(x, "float32", dst)
+    np.testing.assert_array_equal(got.view(np.uint16), want_bits.view(np.uint16))
+
+
+def test_bf16_nan_stays_nan():
+    got = cast(np.array([np.nan], np.float32), "float32", "bfloat16")
+    back = cast(got, "bfloat16", "float32")
+    assert np.isnan(back[0])
+
+
+def test_safetensors_writer_output_reads_back_with_the_reference_library(tmp_path):
+    from safetensors.numpy import load_file
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.arange(5, dtype=np.float16)
+    w = st_format.SafetensorsWriter(tmp_path / "x.safetensors", [("a", "float32", (3, 4)), ("b", "float16", (5,))],
+                                    {"format": "ms"})
+    w.add("a", InMemory(a))
+    w.add("b", InMemory(b))
+    w.close()
+    got = load_file(tmp_path / "x.safetensors")
+    np.testing.assert_array_equal(got["a"], a)
+    np.testing.assert_array_equal(got["b"], b)
+    refs, meta = st_format.read_header(tmp_path / "x.safetensors")
+    assert meta == {"format": "ms"} and refs["a"].shape == (3, 4) and np.array_equal(refs["b"].read(), b)
+
+
+def test_ckpt_scan_reads_what_mindspore_saves(tmp_path, ms):
+    params = {"w": ms.Parameter(ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3)), name="w"),
+              "b": ms.Parameter(ms.Tensor(np.ones(4, np.float16)), name="b")}
+    path = tmp_path / "m.ckpt"
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(path))
+    refs, others = ckpt.scan(path)
+    by_name = {r.name: r for r in refs}
+    np.testing.assert_array_equal(by_name["w"].read(), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert by_name["b"].dtype == "float16" and by_name["b"].shape == (4,)
+
+
+def test_ckpt_scan_rejects_truncation(tmp_path):
+    path = tmp_path / "m.ckpt"
+    w = ckpt.CkptWriter(path)
+    w.add("w", "float32", (100,), InMemory(np.zeros(100, np.float32)))
+    w.close()
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(Exception) as e:
+        ckpt.scan(path)
+    assert "m.ckpt" in str(e.value)
