@@ -64,10 +64,12 @@ def main() -> None:
               help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--verify", "then_verify", is_flag=True,
+              help="After converting, run `verify` with its defaults on CPU; exit 1 if parity fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, untie: bool,
           seq_length: int | None, max_shard_size: int | None, device: str, dry_run: bool, force: bool,
-          as_json: bool) -> None:
+          then_verify: bool, as_json: bool) -> None:
     """Convert the HuggingFace Llama checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
 
     \b
@@ -91,8 +93,62 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
         return
     from .execute import execute
     result = execute(plan, out_dir, force)
-    click.echo(json.dumps(report.result_json(plan, result), indent=2) if as_json
-               else report.result_text(plan, result))
+    summary = report.result_json(plan, result)
+    if not then_verify:
+        click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(plan, result))
+        return
+    from .verify import VerifyOptions, report_text, sanitize, verify as run_verify
+    checked = run_verify(src_dir, out_dir, VerifyOptions())
+    if as_json:
+        click.echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
+    else:
+        click.echo(report.result_text(plan, result) + "\n\n" + report_text(checked))
+    sys.exit(0 if checked.passed else 1)
+
+
+def _ids(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        ids = tuple(int(x) for x in value.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise click.BadParameter("write token ids separated by commas, e.g. 1,2,3") from None
+    if not ids:
+        raise click.BadParameter("give at least one token id")
+    return ids
+
+
+@main.command()
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@click.argument("ms_dir", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(DEVICES), default="CPU", show_default=True,
+              help="CPU: float32 everywhere, CPU kernels. Ascend: the YAML's production settings.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Rows of seeded tokens.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens per row.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token batch.")
+@click.option("--layers", is_flag=True, help="Compare hidden states place by place even when logits agree.")
+@click.option("--generate", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also greedy-decode N tokens on both sides and compare the sequences.")
+@click.option("--prompt-ids", callback=_ids, default=None, metavar="IDS",
+              help="Prompt for --generate, e.g. 1,2,3 [default: first 8 seeded tokens].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, seed: int, layers: bool,
+           generate: int, prompt_ids: tuple[int, ...] | None, as_json: bool) -> None:
+    """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
+
+    \b
+    Runs transformers' LlamaForCausalLM (float32, CPU) and MindFormers' LlamaForCausalLM
+    (built from MS_DIR/llama_config.yaml, checkpoint loaded strictly) on the same seeded
+    tokens and compares logits. On failure, or with --layers, names the first place
+    (embedding, layer.N, final_norm, lm_head) where hidden states part.
+
+    Exit status: 0 parity holds, 1 it does not, 2 bad input.
+    """
+    from .verify import VerifyOptions, report_text, sanitize, verify as run_verify
+    r = run_verify(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
+                                                 layers=layers, generate=generate, prompt_ids=prompt_ids))
+    click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
+    sys.exit(0 if r.passed else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,321 @@
+"""The parity gate: the converted MindFormers model against the HF original, on the same tokens.
+
+Both sides run the real implementations: transformers' LlamaForCausalLM in float32 on CPU, and
+MindFormers' LlamaForCausalLM built from OUT_DIR/llama_config.yaml with the checkpoint loaded
+strictly, in PyNative mode. When logits disagree (or --layers asks), hidden states are captured
+after the embedding, after every decoder layer and after the final norm on both sides, and the
+first place where they part is named, so a wrong mapping rule is located, not just detected.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import ConvertError
+
+# Pass criteria per (device, parameter dtype). CPU runs everything in float32; the Ascend rows
+# are for MindFormers' production kernels in half precision and have not been run here.
+TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
+    ("CPU", "any"): {"max_abs_diff": 1e-4, "cosine_min": 0.99999, "kl_max": 1e-6, "layer_rel_diff": 1e-4},
+    ("Ascend", "float32"): {"max_abs_diff": 1e-3, "cosine_min": 0.9999, "kl_max": 1e-5, "layer_rel_diff": 1e-3},
+    ("Ascend", "float16"): {"max_abs_diff": 0.25, "cosine_min": 0.999, "kl_max": 5e-3, "layer_rel_diff": 2e-2},
+    ("Ascend", "bfloat16"): {"max_abs_diff": 1.0, "cosine_min": 0.995, "kl_max": 2e-2, "layer_rel_diff": 5e-2},
+}
+CPU_KERNELS = {"use_flash_attention": False, "fused_rms_norm": False, "use_rope_slice": True}
+FLOAT32_COMPUTE = {k: "float32" for k in ("compute_dtype", "param_init_type", "layernorm_compute_type",
+                                          "softmax_compute_type", "rotary_dtype", "embedding_init_type")}
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    device: str = "CPU"
+    batch: int = 2
+    seq_len: int = 64
+    seed: int = 0
+    layers: bool = False
+    generate: int = 0
+    prompt_ids: tuple[int, ...] | None = None
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    device: str
+    dtype: str
+    tolerances: dict
+    batch: int
+    seq_len: int
+    seed: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine_min: float
+    top1_agreement: float
+    kl_max: float
+    first_divergent_layer: str | None
+    layers: list[dict] = field(default_factory=list)
+    generated_match: bool | None = None
+    first_differing_step: int | None = None
+    generated_hf: list[int] | None = None
+    generated_ms: list[int] | None = None
+    prompt_ids: list[int] | None = None
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seeded_tokens(vocab: int, batch: int, length: int, seed: int, avoid: int | None) -> np.ndarray:
+    """Token ids identical on both sides; never the pad id, which MindFormers masks and HF does not."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(batch, length), dtype=np.int64)
+    if avoid is not None and 0 <= avoid < vocab:
+        ids[ids == avoid] = (avoid + 1) % vocab
+    return ids
+
+
+def logits_metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(ref - got)
+    cos = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1) + 1e-30)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(got)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "cosine_min": float(cos.min()), "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
+            "kl_max": float(max(kl.max(), 0.0))}
+
+
+def first_divergence(hf_states: dict[str, np.ndarray], ms_states: dict[str, np.ndarray],
+                     rel_tol: float, length: int) -> tuple[str | None, list[dict]]:
+    rows, first = [], None
+    for place, ref in hf_states.items():
+        got = ms_states[place][:, :length].astype(np.float64)
+        ref = ref[:, :length].astype(np.float64)
+        rel = float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-12))
+        rows.append({"place": place, "max_abs_diff": float(np.abs(ref - got).max()), "rel_diff": rel,
+                     "ok": rel <= rel_tol})
+        if first is None and rel > rel_tol:
+            first = place
+    return first, rows
+
+
+# ---------------------------------------------------------------------------- the two sides
+
+class HFSide:
+    def __init__(self, hf_dir: Path):
+        import torch
+        import transformers
+        transformers.logging.set_verbosity_error()
+        self.torch = torch
+        try:
+            self.model = transformers.LlamaForCausalLM.from_pretrained(
+                hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+        except Exception as e:  # transformers raises many types for unreadable directories
+            raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
+        self.captured: dict[str, np.ndarray] = {}
+        inner = self.model.model
+        places = [("embedding", inner.embed_tokens)] + [(f"layer.{i}", l) for i, l in enumerate(inner.layers)]
+        for place, module in places + [("final_norm", inner.norm)]:
+            module.register_forward_hook(self._hook(place))
+
+    def _hook(self, place):
+        def hook(module, inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            self.captured[place] = out.detach().float().numpy()
+        return hook
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(ids)).logits.float().numpy()
+
+
+class MSSide:
+    def __init__(self, ms_dir: Path, device: str, batch: int, length: int):
+        # Quiet MindSpore's C++ log, and keep MindFormers' log directory out of the user's cwd.
+        os.environ.setdefault("GLOG_v", "3")
+        os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(tempfile.gettempdir(), "llama-convert-mindformers"))
+        import mindspore as ms
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_device(device)
+        # MindFormers' logger binds a handler to sys.stdout when first imported; point it at stderr
+        # so that stdout carries only our report (and valid JSON with --json).
+        with contextlib.redirect_stdout(sys.stderr):
+            from mindformers.models import LlamaConfig, LlamaForCausalLM
+        logging.getLogger("mindformers").setLevel(logging.WARNING)
+        self.ms = ms
+        cfg = read_model_config(ms_dir)
+        self.dtype = cfg.get("param_init_type", "float32")
+        overrides = {"batch_size": batch, "seq_length": length, "use_past": False}
+        if device == "CPU":
+            overrides |= CPU_KERNELS | FLOAT32_COMPUTE
+        self.pad_token_id = cfg.get("pad_token_id")
+        self.length = length
+        self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+        self.net.set_train(False)
+        params = load_ms_params(ms, ms_dir)
+        if device == "CPU":
+            params = {k: ms.Parameter(v.astype(ms.float32), name=k) for k, v in params.items()}
+        missing, unexpected = ms.load_param_into_net(self.net, params, strict_load=True)
+        if missing or unexpected:
+            raise ConvertError(ms_dir, f"checkpoint does not fit llama_config.yaml: missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]}")
+        self.captured: dict[str, np.ndarray] = {}
+        self.capture = True
+        inner = self.net.model
+        places = [("embedding", inner.tok_embeddings)] + [(f"layer.{i}", l) for i, l in enumerate(inner.layers)]
+        for place, cell in places + [("final_norm", inner.norm_out)]:
+            cell.register_forward_hook(self._hook(place))
+
+    def _hook(self, place):
+        def hook(cell, inputs, output):
+            if self.capture:
+                out = output[0] if isinstance(output, tuple) else output
+                self.captured[place] = out.astype(self.ms.float32).asnumpy()
+        return hook
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for ids, padded on the right to the net's fixed length (causal: padding cannot leak back)."""
+        batch, n = ids.shape
+        padded = np.zeros((batch, self.length), dtype=np.int32)
+        padded[:, :n] = ids
+        out = self.net(self.ms.Tensor(padded))
+        logits = out[0] if isinstance(out, tuple) else out
+        return logits.astype(self.ms.float32).asnumpy().reshape(batch, self.length, -1)[:, :n]
+
+
+def read_model_config(ms_dir: Path) -> dict:
+    path = Path(ms_dir) / "llama_config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+        cfg = dict(data["model"]["model_config"])
+    except FileNotFoundError:
+        raise ConvertError(path, "not found", "MS_DIR must be an output directory of llama-convert hf2ms") from None
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise ConvertError(path, "is not a MindFormers model YAML (model.model_config missing)") from None
+    cfg.pop("type", None)
+    return cfg
+
+
+def checkpoint_files(ms_dir: Path) -> tuple[list[Path], str]:
+    ms_dir = Path(ms_dir)
+    ckpts = sorted(ms_dir.glob("*.ckpt"))
+    if ckpts:
+        return ckpts, "ckpt"
+    sts = sorted(ms_dir.glob("*.safetensors"))
+    if sts:
+        return sts, "safetensors"
+    raise ConvertError(ms_dir, "no .ckpt or .safetensors checkpoint found")
+
+
+def load_ms_params(ms, ms_dir: Path) -> dict:
+    files, fmt = checkpoint_files(ms_dir)
+    params = {}
+    for f in files:
+        try:
+            params.update(ms.load_checkpoint(str(f), format=fmt))
+        except (ValueError, RuntimeError) as e:
+            raise ConvertError(f, f"mindspore cannot load this checkpoint: {str(e).splitlines()[0][:200]}") from None
+    return params
+
+
+# ---------------------------------------------------------------------------- the gate
+
+def greedy(step, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(np.argmax(step(ids))))
+    return ids[len(prompt):]
+
+
+def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None = None) -> VerifyReport:
+    opts = options or VerifyOptions()
+    start = time.perf_counter()
+    hf_dir, ms_dir = Path(hf_dir), Path(ms_dir)
+    if not (hf_dir / "config.json").exists():
+        raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
+    cfg = read_model_config(ms_dir)
+    checkpoint_files(ms_dir)
+    vocab = int(cfg["vocab_size"])
+    pad = cfg.get("pad_token_id")
+    ids = seeded_tokens(vocab, opts.batch, opts.seq_len, opts.seed, pad)
+    prompt = list(opts.prompt_ids) if opts.prompt_ids else ids[0, :8].tolist()
+    if opts.generate and any(not 0 <= t < vocab for t in prompt):
+        raise ConvertError(None, f"--prompt-ids must be token ids in [0, {vocab})")
+    length = max(opts.seq_len, len(prompt) + opts.generate if opts.generate else 0)
+
+    hf = HFSide(hf_dir)
+    ms = MSSide(ms_dir, opts.device, opts.batch, length)
+    tol_key = (opts.device, "any") if opts.device == "CPU" else (opts.device, ms.dtype)
+    tol = TOLERANCES[tol_key]
+
+    ref = hf.logits(ids)
+    got = ms.logits(ids)
+    m = logits_metrics(ref, got)
+    failures = [f"{k} {m[k]:.3g} > {tol[k]:.3g}" for k in ("max_abs_diff", "kl_max") if m[k] > tol[k]]
+    if m["cosine_min"] < tol["cosine_min"]:
+        failures.append(f"cosine_min {m['cosine_min']:.6f} < {tol['cosine_min']}")
+
+    first, layer_rows = None, []
+    if opts.layers or failures:
+        first, layer_rows = first_divergence(hf.captured, ms.captured, tol["layer_rel_diff"], opts.seq_len)
+        if failures and first is None:
+            first = "lm_head"  # every hidden state agrees, so the output projection differs
+
+    report = VerifyReport(passed=not failures, device=opts.device, dtype="float32" if opts.device == "CPU" else ms.dtype,
+                          tolerances=tol, batch=opts.batch, seq_len=opts.seq_len, seed=opts.seed, **m,
+                          first_divergent_layer=first if failures else None, layers=layer_rows, failures=failures)
+    if opts.generate:
+        ms.capture = False
+        hf_ids = greedy(lambda s: hf.logits(np.array([s]))[0, -1], prompt, opts.generate)
+        ms_ids = greedy(lambda s: ms.logits(np.array([s]))[0, -1], prompt, opts.generate)
+        step = next((i for i, (a, b) in enumerate(zip(hf_ids, ms_ids)) if a != b), None)
+        report.generated_hf, report.generated_ms, report.prompt_ids = hf_ids, ms_ids, prompt
+        report.generated_match, report.first_differing_step = step is None, step
+        if step is not None:
+            report.passed = False
+            report.failures.append(f"greedy generation differs from step {step}")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def report_text(r: VerifyReport) -> str:
+    verdict = "PASS" if r.passed else "FAIL"
+    lines = [f"verify: {verdict} on {r.device} ({r.dtype}), batch {r.batch} x {r.seq_len} tokens, seed {r.seed}, "
+             f"{r.seconds:.1f} s", "",
+             f"  {'metric':<16}{'value':>14}  {'limit':>10}",
+             f"  {'max_abs_diff':<16}{r.max_abs_diff:>14.3e}  <= {r.tolerances['max_abs_diff']:.0e}",
+             f"  {'mean_abs_diff':<16}{r.mean_abs_diff:>14.3e}",
+             f"  {'cosine_min':<16}{r.cosine_min:>14.8f}  >= {r.tolerances['cosine_min']}",
+             f"  {'top1_agreement':<16}{r.top1_agreement:>14.4f}",
+             f"  {'kl_max':<16}{r.kl_max:>14.3e}  <= {r.tolerances['kl_max']:.0e}"]
+    if r.layers:
+        lines += ["", f"  {'place':<16}{'max_abs_diff':>14}  {'relative':>10}"]
+        lines += [f"  {row['place']:<16}{row['max_abs_diff']:>14.3e}  {row['rel_diff']:>10.2e}"
+                  f"{'' if row['ok'] else '  <-- diverges'}" for row in r.layers]
+    if r.first_divergent_layer:
+        lines += ["", f"  first divergence: {r.first_divergent_layer}"]
+    if r.generated_match is not None:
+        lines += ["", f"  greedy {len(r.generated_hf)} tokens from {r.prompt_ids}: "
+                      f"{'identical' if r.generated_match else f'differ from step {r.first_differing_step}'}"]
+    lines += [f"  failed: {f}" for f in r.failures]
+    return "\n".join(lines)
+
+
+def sanitize(d: dict) -> dict:
+    """JSON has no NaN/inf: report them as strings rather than emit invalid JSON."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

@@ -1,0 +1,177 @@
+"""verify: parity against the real MindFormers model, and a gate that fails where it should."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
+from converter import Options, convert_hf2ms
+from converter.verify import VerifyOptions, verify
+
+COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
+
+
+@pytest.mark.parametrize("src,fmt,qkv,untie", COMBOS,
+                         ids=[f"{s.name}-{f}{'-qkv' if q else ''}{'-untie' if u else ''}" for s, f, q, u in COMBOS])
+def test_converted_model_matches_hf(ms, tmp_path, src, fmt, qkv, untie):
+    out = tmp_path / "out"
+    convert_hf2ms(src, out, Options(format=fmt, qkv_concat=qkv, untie=untie))
+    r = verify(src, out, VerifyOptions(seq_len=48))
+    assert r.passed, r.failures
+    assert r.max_abs_diff <= 1e-4 and r.top1_agreement == 1.0 and r.first_divergent_layer is None
+
+
+# ------------------------------------------------------------------ the gate fails, and says where
+
+GQA = FIXTURES / "gqa-linear-rope"   # fp32, 4 heads / 2 KV heads, untied
+
+
+def converted(tmp_path: Path, qkv: bool) -> Path:
+    out = tmp_path / "out"
+    convert_hf2ms(GQA, out, Options(format="ckpt", qkv_concat=qkv))
+    return out
+
+
+def rewrite(ms, out: Path, change) -> None:
+    """Edit one parameter with mindspore's own load/save, as a corrupting user or tool would."""
+    params = ms.load_checkpoint(str(out / "model.ckpt"))
+    arrays = {k: v.asnumpy() for k, v in params.items()}
+    change(arrays)
+    (out / "model.ckpt").chmod(0o644)
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()], str(out / "model.ckpt"))
+
+
+def fails_at(hf: Path, out: Path) -> str:
+    proc = run_cli("verify", hf, out, "--json", "--seq-len", "48")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["passed"] is False
+    return report["first_divergent_layer"]
+
+
+def test_swapped_query_heads_are_located(ms, tmp_path):
+    out = converted(tmp_path, qkv=False)
+
+    def swap(a):
+        w = a["model.layers.1.attention.wq.weight"].reshape(4, 16, 64)
+        a["model.layers.1.attention.wq.weight"] = w[[1, 0, 2, 3]].reshape(64, 64)
+    rewrite(ms, out, swap)
+    assert fails_at(GQA, out) == "layer.1"
+
+
+def test_k_and_v_swapped_inside_w_qkv_are_located(ms, tmp_path):
+    out = converted(tmp_path, qkv=True)
+
+    def swap(a):
+        w = a["model.layers.0.attention.w_qkv.weight"].reshape(2, 4, 16, 64)  # per KV group: q, q, k, v
+        a["model.layers.0.attention.w_qkv.weight"] = w[:, [0, 1, 3, 2]].reshape(128, 64)
+    rewrite(ms, out, swap)
+    assert fails_at(GQA, out) == "layer.0"
+
+
+def test_gate_and_up_swapped_in_w_gate_hidden_are_located(ms, tmp_path):
+    out = converted(tmp_path, qkv=True)
+
+    def swap(a):
+        w = a["model.layers.1.feed_forward.w_gate_hidden.weight"].reshape(128, 2, 64)
+        a["model.layers.1.feed_forward.w_gate_hidden.weight"] = w[:, ::-1].reshape(256, 64)
+    rewrite(ms, out, swap)
+    assert fails_at(GQA, out) == "layer.1"
+
+
+def test_norm_weight_off_by_1e_2_is_located(ms, tmp_path):
+    out = converted(tmp_path, qkv=False)
+
+    def nudge(a):
+        a["model.layers.1.ffn_norm.weight"] = a["model.layers.1.ffn_norm.weight"] + np.float32(1e-2)
+    rewrite(ms, out, nudge)
+    assert fails_at(GQA, out) == "layer.1"
+
+
+def test_final_norm_off_is_located(ms, tmp_path):
+    out = converted(tmp_path, qkv=False)
+
+    def nudge(a):
+        a["model.norm_out.weight"] = a["model.norm_out.weight"] + np.float32(1e-2)
+    rewrite(ms, out, nudge)
+    assert fails_at(GQA, out) == "final_norm"
+
+
+def test_wrong_theta_in_yaml_is_located(tmp_path):
+    out = converted(tmp_path, qkv=False)
+    path = out / "llama_config.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["model"]["model_config"]["theta"] = 20000.0
+    path.write_text(yaml.safe_dump(data))
+    assert fails_at(GQA, out) == "layer.0"
+
+
+# ------------------------------------------------------------------ real trained weights, end to end
+
+STORIES = sorted(REAL_MODELS.glob("stories260K-*")) if REAL_MODELS.exists() else []
+
+
+@pytest.mark.parametrize("src", STORIES, ids=lambda p: p.name)
+def test_stories260k_reproduces_karpathys_greedy_text_through_mindformers(tmp_path, src):
+    out = tmp_path / "out"
+    proc = run_cli("hf2ms", src, out)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("verify", src, out, "--generate", "60", "--prompt-ids", "1", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    expected = json.loads((src / "expected_greedy.json").read_text())["greedy_ids"]
+    assert report["generated_ms"] == expected[1:61]
+    assert report["generated_match"] is True and report["first_differing_step"] is None
+
+
+def test_tiny_random_llama_matches_its_published_greedy_ids(tmp_path):
+    src = REAL_MODELS / "tiny-random-llama-trl"
+    if not src.exists():
+        pytest.skip("shared/ not beside the checkout")
+    out = tmp_path / "out"
+    convert_hf2ms(src, out, Options(qkv_concat=True))
+    expected = json.loads((src / "expected_greedy.json").read_text())
+    r = verify(src, out, VerifyOptions(generate=len(expected["greedy_new_ids"]),
+                                       prompt_ids=tuple(expected["prompt_ids"])))
+    assert r.generated_ms == expected["greedy_new_ids"] and r.passed
+
+
+# ------------------------------------------------------------------ the command
+
+def test_verify_json_has_the_promised_fields(tmp_path):
+    out = tmp_path / "out"
+    convert_hf2ms(FIXTURES / "mha-untied-fp32", out)
+    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", out, "--json", "--layers")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in ("passed", "max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "kl_max",
+                "first_divergent_layer", "device", "dtype", "tolerances"):
+        assert key in report
+    assert report["first_divergent_layer"] is None and report["device"] == "CPU"
+    assert [row["place"] for row in report["layers"]] == ["embedding", "layer.0", "layer.1", "final_norm"]
+
+
+def test_verify_text_report_is_a_table(tmp_path):
+    out = tmp_path / "out"
+    convert_hf2ms(FIXTURES / "mha-untied-fp32", out)
+    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", out)
+    assert proc.returncode == 0 and proc.stdout.startswith("verify: PASS")
+    assert "max_abs_diff" in proc.stdout and "kl_max" in proc.stdout
+
+
+def test_hf2ms_verify_converts_then_proves(tmp_path):
+    proc = run_cli("hf2ms", FIXTURES / "gqa-llama3-rope", tmp_path / "out", "--qkv-concat", "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True and summary["verify"]["passed"] is True
+
+
+def test_verify_without_yaml_is_bad_input(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", tmp_path / "empty")
+    assert proc.returncode == 2 and "llama_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
