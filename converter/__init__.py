@@ -32,4 +32,21 @@ def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = No
     return execute(plan_hf2ms(src, options), out, force)
 
 
-__all__ = ["ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]
+def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Path | None = None):
+    """The plan back to HF from a MindSpore checkpoint and its MindFormers YAML (headers only)."""
+    from .plan_back import DEFAULT_SHARD, build_ms2hf_plan, open_ms_dir
+    options = options or Options(format="safetensors", max_shard_size=DEFAULT_SHARD)
+    return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options)
+
+
+def convert_ms2hf(src: str | Path, out: str | Path, options: Options | None = None,
+                  config: str | Path | None = None, force: bool = False):
+    """Write a HuggingFace directory (config.json, safetensors, tokenizer files) from MindSpore."""
+    from .execute import execute, prepare_out_dir
+    out = Path(out)
+    if out.exists() and not force:
+        prepare_out_dir(out, force)
+    return execute(plan_ms2hf(src, options, config), out, force)
+
+
+__all__ = ["plan_ms2hf", "convert_ms2hf", "ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]

@@ -106,6 +106,102 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
     sys.exit(0 if checked.passed else 1)
 
 
+@main.command()
+@click.argument("ms_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="MindFormers YAML with model.model_config [default: MS_DIR/llama_config.yaml].")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
+              help="keep: the model's param_init_type (norms narrow back exactly); or cast.")
+@click.option("--max-shard-size", callback=_size, default="5GB", show_default=True, metavar="SIZE",
+              help="Shard the HF safetensors above this size.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and config.json; write nothing.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shard_size: int, dry_run: bool,
+          force: bool, as_json: bool) -> None:
+    """Convert a MindSpore checkpoint (MS_DIR: a directory, .ckpt or .safetensors) back to HuggingFace.
+
+    \b
+    Fused w_qkv / w_gate_hidden are split by the inverse ops of the same mapping table;
+    tied models get no lm_head. Optimizer state and training bookkeeping (adam_m.*,
+    adam_v.*, accu_grads.*, global_step, learning_rate, ...) are skipped and reported.
+    OUT_DIR gets config.json, generation_config.json, model*.safetensors (+ index),
+    tokenizer files and conversion.json.
+    """
+    from . import report
+    from .plan_back import build_ms2hf_plan, open_ms_dir
+
+    if out_dir.exists() and not force and not dry_run:
+        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+    options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size)
+    plan = build_ms2hf_plan(open_ms_dir(ms_dir, config), options)
+    if dry_run:
+        click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+        return
+    from .execute import execute
+    result = execute(plan, out_dir, force)
+    click.echo(json.dumps(report.result_json(plan, result), indent=2) if as_json
+               else report.result_text(plan, result))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def inspect(path: Path, as_json: bool) -> None:
+    """List the tensors of PATH: a HF directory, a MindSpore directory, a .ckpt, or a .safetensors file.
+
+    Shows name, shape, dtype and bytes, with totals, read from headers where the format allows
+    (safetensors, ckpt); pytorch .bin files are memory-mapped.
+    """
+    from .compare import inspect as run_inspect
+    info = run_inspect(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    rows = info["tensors"]
+    width = max([len(r["name"]) for r in rows] + [4])
+    click.echo(f"{info['path']} ({info['side'].upper()} checkpoint)")
+    click.echo(f"{'name':<{width}}  {'shape':<16}  {'dtype':<9}  {'bytes':>12}")
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {'x'.join(map(str, r['shape'])):<16}  {r['dtype']:<9}  {r['bytes']:>12,}")
+    by = ", ".join(f"{k} {v:,} B" for k, v in info["bytes_by_dtype"].items())
+    click.echo(f"total: {info['tensor_count']} tensors, {info['total_bytes']:,} bytes ({by})")
+
+
+@main.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest difference still called equal.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
+    """Compare two checkpoints of either side through the mapping table.
+
+    A MindSpore directory is read as the HF tensors it maps back to (fused tensors split), so
+    a HF model and its conversion compare name by name. Reports names missing on either side,
+    shape and dtype differences, and the largest absolute difference per tensor.
+
+    Exit status: 0 the same, 1 they differ, 2 bad input.
+    """
+    from .compare import diff as run_diff
+    r = run_diff(a, b, atol)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        click.echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
+        for n in r["only_in_a"]:
+            click.echo(f"  only in A: {n}")
+        for n in r["only_in_b"]:
+            click.echo(f"  only in B: {n}")
+        for row in r["tensors"]:
+            off = row["max_abs_diff"] is None or row["max_abs_diff"] > atol or row["dtype_a"] != row["dtype_b"]
+            if off:
+                click.echo(f"  {row['name']}: shape {row['shape_a']} vs {row['shape_b']}, dtype {row['dtype_a']} vs "
+                           f"{row['dtype_b']}, max_abs_diff {row['max_abs_diff']}")
+        click.echo(f"  {len(r['tensors'])} tensors compared")
+    sys.exit(0 if r["same"] else 1)
+
+
 def _ids(ctx, param, value):
     if value is None:
         return None

@@ -231,3 +231,89 @@ def _rule_names(table: Table) -> list[str]:
 
 def _as_list(x) -> list:
     return [] if x is None else x if isinstance(x, list) else [x]
+
+
+# ---------------------------------------------------------------------------- the way back
+# Each forward rule above has an inverse here: MindFormers model_config -> HF config.json keys.
+
+INVERSE_RULES: dict[str, Callable[[dict, dict], None]] = {}
+
+
+def inverse_of(name: str):
+    def register(fn):
+        INVERSE_RULES[name] = fn
+        return fn
+    return register
+
+
+@inverse_of("architecture")
+def _architecture_back(mc: dict, hf: dict) -> None:
+    hf["architectures"] = ["LlamaForCausalLM"]
+
+
+@inverse_of("kv_heads")
+def _kv_heads_back(mc: dict, hf: dict) -> None:
+    hf["num_key_value_heads"] = mc.get("n_kv_heads") or mc["num_heads"]
+    hf["head_dim"] = mc["hidden_size"] // mc["num_heads"]
+
+
+@inverse_of("positions")
+def _positions_back(mc: dict, hf: dict) -> None:
+    hf["max_position_embeddings"] = mc.get("max_position_embedding") or mc["seq_length"]
+
+
+@inverse_of("rope")
+def _rope_back(mc: dict, hf: dict) -> None:
+    hf["rope_theta"] = float(mc.get("theta", 10000.0))
+    method, factor = mc.get("extend_method", "None"), mc.get("scaling_factor")
+    if method in (None, "None"):
+        hf["rope_scaling"] = None
+    elif method == "LLAMA3":
+        hf["rope_scaling"] = {"rope_type": "llama3", **factor}
+    elif method == "PI":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(factor)}
+    else:
+        raise ValueError(f"extend_method {method!r} has no HF equivalent proven equal")
+
+
+@inverse_of("pad_token")
+def _pad_back(mc: dict, hf: dict) -> None:
+    pad = mc.get("pad_token_id")
+    hf["pad_token_id"] = None if pad is None or pad < 0 else pad
+
+
+@inverse_of("tie")
+def _tie_back(mc: dict, hf: dict) -> None:
+    hf["tie_word_embeddings"] = bool(mc.get("tie_word_embeddings", False))
+
+
+@inverse_of("dtype")
+def _dtype_back(mc: dict, hf: dict) -> None:
+    hf["torch_dtype"] = mc.get("param_init_type", "float32")
+
+
+def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None) -> tuple[dict, dict]:
+    """(config.json, generation_config.json) for a MindFormers model_config, by the same table."""
+    hf: dict = {}
+    for key, spec in table.config_rules.items():
+        if "to" in spec:
+            target = _as_list(spec["to"])[0]
+            if target in mc:
+                hf[key] = mc[target]
+        elif "require" in spec:
+            hf[key] = spec["require"]
+    for name in _rule_names(table):
+        try:
+            INVERSE_RULES[name](mc, hf)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConvertError(where, f"model_config cannot be written back as config.json: {name}: {e}") from None
+    if dtype:
+        hf["torch_dtype"] = dtype
+    hf["attention_bias"] = bool(mc.get("qkv_has_bias", False))
+    gen = {"bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id")}
+    if hf.get("pad_token_id") is not None:
+        gen["pad_token_id"] = hf["pad_token_id"]
+    for key, spec in table.generation_rules.items():
+        if "to" in spec and spec["to"] in mc:
+            gen[key] = mc[spec["to"]]
+    return dict(sorted(hf.items())), gen

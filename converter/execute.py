@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import __version__, ops
 from .dtypes import cast
@@ -25,9 +24,6 @@ from .formats.payload import InMemory, Payload
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
 
-MS_SAFETENSORS_METADATA = {"format": "ms"}
-
-
 @dataclass
 class Result:
     out_dir: Path
@@ -36,12 +32,30 @@ class Result:
     seconds: float
 
 
+class Materializer:
+    """Makes each planned tensor's bytes. On the way back one MindSpore tensor yields several HF
+    tensors (w_qkv -> q, k, v); the split of the latest one is kept so it is computed once."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self._split: tuple[str, list[np.ndarray]] | None = None
+
+    def __call__(self, pt: PlannedTensor) -> Payload:
+        refs = [self.plan.source.tensors[s] for s in pt.sources]
+        if pt.op == "copy" and pt.cast is None:
+            return refs[0].payload()
+        op = ops.get(pt.op)
+        if pt.part is None:
+            arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
+            return InMemory(op.forward(arrays, self.plan.op_context()))
+        (ref,) = refs
+        if self._split is None or self._split[0] != ref.name:
+            self._split = (ref.name, op.inverse(cast(ref.read(), ref.dtype, pt.dtype), self.plan.op_context()))
+        return InMemory(self._split[1][pt.part])
+
+
 def materialize(pt: PlannedTensor, plan: Plan) -> Payload:
-    refs = [plan.source.tensors[s] for s in pt.sources]
-    if pt.op == "copy" and pt.cast is None:
-        return refs[0].payload()
-    arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
-    return InMemory(ops.get(pt.op).forward(arrays, plan.op_context()))
+    return Materializer(plan)(pt)
 
 
 def check_twins(plan: Plan) -> None:
@@ -78,29 +92,23 @@ def commit_out_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def write_weights(plan: Plan, tmp: Path) -> None:
+    make = Materializer(plan)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES)
         for pt in plan.tensors:
-            writer.add(pt.name, pt.dtype, pt.shape, materialize(pt, plan))
+            writer.add(pt.name, pt.dtype, pt.shape, make(pt))
         writer.close()
         return
     for shard, fname in enumerate(plan.weight_files):
         members = [pt for pt in plan.tensors if pt.shard == shard]
-        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members],
-                                   MS_SAFETENSORS_METADATA)
+        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata)
         for pt in members:
-            writer.add(pt.name, materialize(pt, plan))
+            writer.add(pt.name, make(pt))
         writer.close()
     if len(plan.weight_files) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def yaml_text(plan: Plan) -> str:
-    head = (f"# MindFormers model config written by llama-convert {__version__}\n"
-            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
-    return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
 
 
 def file_record(path: Path, name: str | None = None) -> dict:
@@ -111,15 +119,19 @@ def file_record(path: Path, name: str | None = None) -> dict:
     return {"name": name or path.name, "size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+
+
 def provenance(plan: Plan, outputs: list[dict]) -> dict:
     src = plan.source
     return {
-        "tool": "llama-convert", "version": __version__, "direction": "hf2ms",
+        "tool": "llama-convert", "version": __version__, "direction": plan.direction,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
         "options": plan.options.as_dict(),
         "source": {"dir": str(src.root.resolve()),
-                   "files": [file_record(p, str(p.relative_to(src.root))) for p in src.input_files()]},
+                   "files": [file_record(p, _relative(p, src.root)) for p in src.input_files()]},
         "outputs": outputs,
         "tensor_count": len(plan.tensors),
         "tensors": [pt.as_dict() for pt in plan.tensors],
@@ -137,7 +149,8 @@ def execute(plan: Plan, out_dir: Path, force: bool = False) -> Result:
         write_weights(plan, tmp)
         for path in plan.source.tokenizer_files:
             shutil.copyfile(path, tmp / path.name)
-        (tmp / "llama_config.yaml").write_text(yaml_text(plan))
+        for name, text in plan.extra_files.items():
+            (tmp / name).write_text(text)
         outputs = [file_record(p) for p in sorted(tmp.iterdir())]
         record = provenance(plan, outputs)
         (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -10,7 +10,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import ops
+import yaml
+
+from . import __version__, ops
 from .config_rules import Translation, translate
 from .dtypes import FLOATS, dtype as _dtype
 from .errors import ConvertError
@@ -28,6 +30,7 @@ class PlannedTensor:
     source_dtypes: tuple[str, ...]
     op: str
     shard: int = 0
+    part: int | None = None   # set on the way back: which output of the op's inverse this tensor is
 
     @property
     def nbytes(self) -> int:
@@ -39,8 +42,9 @@ class PlannedTensor:
         return f"{'/'.join(changed)}->{self.dtype}" if changed else None
 
     def as_dict(self) -> dict:
+        op = self.op if self.part is None else f"{self.op}^-1[{self.part}]"
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "sources": list(self.sources),
-                "op": self.op, "cast": self.cast, "bytes": self.nbytes}
+                "op": op, "cast": self.cast, "bytes": self.nbytes}
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Plan:
     skipped: list[dict] = field(default_factory=list)      # {"name", "reason"}
     twins: list[tuple[str, str]] = field(default_factory=list)  # (dropped, must equal this)
     weight_files: list[str] = field(default_factory=list)  # output weight file names, by shard index
+    direction: str = "hf2ms"
+    extra_files: dict[str, str] = field(default_factory=dict)  # name -> text (YAML or config.json ...)
+    weight_metadata: dict[str, str] = field(default_factory=lambda: {"format": "ms"})
 
     @property
     def model_config(self) -> dict:
@@ -109,8 +116,15 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
             (globals_ if i is None else per_layer).append((i or 0, len(per_layer), pt))
     tensors = [pt for *_, pt in globals_] + [pt for *_, pt in sorted(per_layer, key=lambda x: x[:2])]
     plan = Plan(source, table, options, translation, tensors, skipped, twins)
-    _assign_shards(plan)
+    assign_shards(plan)
+    plan.extra_files = {"llama_config.yaml": yaml_text(plan)}
     return plan
+
+
+def yaml_text(plan: Plan) -> str:
+    head = (f"# MindFormers model config written by llama-convert {__version__}\n"
+            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
+    return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
 
 
 def _hf_name(table: Table, key: str, layer: int | None) -> str:
@@ -156,23 +170,23 @@ def _check_sources(source: HFSource, table: Table, expected: dict, flags: dict):
             unknown.append(name)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} tensors missing ({_few(missing)})")
+        problems.append(f"{len(missing)} tensors missing ({few(missing)})")
     if unknown:
-        problems.append(f"{len(unknown)} unknown tensors ({_few(unknown)}); the table {table.path.name} "
+        problems.append(f"{len(unknown)} unknown tensors ({few(unknown)}); the table {table.path.name} "
                         f"has no rule for them")
     if wrong:
-        problems.append(f"shape/dtype disagrees with config.json: {_few(wrong, 3)}")
+        problems.append(f"shape/dtype disagrees with config.json: {few(wrong, 3)}")
     if problems:
         raise ConvertError(where, "; ".join(problems))
     return skipped, twins
 
 
-def _few(items: list[str], n: int = 4) -> str:
+def few(items: list[str], n: int = 4) -> str:
     shown = ", ".join(items[:n])
     return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
-def _assign_shards(plan: Plan) -> None:
+def assign_shards(plan: Plan) -> None:
     opts = plan.options
     if opts.format == "ckpt":
         plan.weight_files = ["model.ckpt"]

@@ -1,7 +1,7 @@
 """Room six: what a conversion did, for people and for scripts."""
 from __future__ import annotations
 
-from .execute import Result, yaml_text
+from .execute import Result
 from .plan import Plan
 
 
@@ -17,7 +17,8 @@ def plan_json(plan: Plan) -> dict:
     return {"dry_run": True, "source": str(plan.source.root), "options": plan.options.as_dict(),
             "weight_files": plan.weight_files, "tensor_count": len(plan.tensors), "total_bytes": plan.total_bytes,
             "tensors": [t.as_dict() for t in plan.tensors], "skipped": plan.skipped,
-            "model_yaml": plan.model_yaml(), "ignored_config_keys": plan.translation.ignored,
+            "model_yaml": plan.model_yaml() if plan.direction == "hf2ms" else None,
+            "extra_files": plan.extra_files, "ignored_config_keys": plan.translation.ignored,
             "notes": plan.translation.notes}
 
 
@@ -34,7 +35,8 @@ def plan_text(plan: Plan) -> str:
                   f"{len(plan.skipped)} source tensors skipped"]
     lines += [f"skipped: {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"note: {n}" for n in plan.translation.notes]
-    lines += ["", "llama_config.yaml:", yaml_text(plan)]
+    for name, text in plan.extra_files.items():
+        lines += ["", f"{name}:", text]
     return "\n".join(lines)
 
 

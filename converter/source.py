@@ -23,6 +23,8 @@ class HFSource:
     index_file: Path | None = None
     shard_of: dict[str, int] = field(default_factory=dict)  # tensor name -> index in weight_files
     tokenizer_files: list[Path] = field(default_factory=list)
+    config_path: Path | None = None     # default: root/config.json
+    non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
 
     @property
     def sharded(self) -> bool:
@@ -30,11 +32,12 @@ class HFSource:
 
     @property
     def config_file(self) -> Path:
-        return self.root / "config.json"
+        return self.config_path or self.root / "config.json"
 
     def input_files(self) -> list[Path]:
         extra = [self.index_file] if self.index_file else []
         gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
+        gen = [p for p in gen if p.exists()]
         return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
 
 

@@ -1,0 +1,120 @@
+"""inspect and diff: look at checkpoints of either side, and compare them through the mapping."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .dtypes import dtype as dtype_info, to_float32
+from .errors import ConvertError
+from .formats import ckpt, safetensors as st
+from .formats.payload import InMemory
+from .formats.tensor import TensorRef
+from .formats.torch_bin import read_bin
+from .mapping import load_table, pattern_regex
+from .options import Options
+from .source import open_hf_dir
+
+
+def _is_ms(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".ckpt" or (path.parent / "llama_config.yaml").exists()
+    return (path / "llama_config.yaml").exists() or any(path.glob("*.ckpt"))
+
+
+def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
+    """('hf'|'ms', tensors) of a HF directory, a MindSpore directory, or one checkpoint file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvertError(path, "not found")
+    side = "ms" if _is_ms(path) else "hf"
+    if path.is_file():
+        if path.suffix == ".ckpt":
+            return side, ckpt.scan(path)[0]
+        if path.suffix == ".safetensors":
+            return side, list(st.read_header(path)[0].values())
+        if path.suffix == ".bin":
+            return side, list(read_bin(path).values())
+        raise ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
+    if side == "hf":
+        return side, list(open_hf_dir(path).tensors.values())
+    refs: list[TensorRef] = []
+    for f in sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors")):
+        refs += ckpt.scan(f)[0] if f.suffix == ".ckpt" else list(st.read_header(f)[0].values())
+    if not refs:
+        raise ConvertError(path, "no .ckpt or .safetensors checkpoint found")
+    return side, refs
+
+
+def inspect(path: Path) -> dict:
+    side, refs = read_headers(path)
+    by_dtype: dict[str, int] = {}
+    for r in refs:
+        by_dtype[r.dtype] = by_dtype.get(r.dtype, 0) + r.nbytes
+    return {"path": str(path), "side": side,
+            "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "bytes": r.nbytes} for r in refs],
+            "tensor_count": len(refs), "total_bytes": sum(r.nbytes for r in refs), "bytes_by_dtype": by_dtype}
+
+
+# ---------------------------------------------------------------------------- diff
+
+@dataclass
+class View:
+    """A checkpoint seen with HF names: name -> (shape, dtype, loader of float32 values)."""
+    side: str
+    tensors: dict[str, tuple[tuple[int, ...], str, Callable[[], np.ndarray]]]
+
+
+def hf_view(path: Path) -> View:
+    from .execute import Materializer
+    from .plan_back import build_ms2hf_plan, open_ms_dir
+    path = Path(path)
+    if _is_ms(path):
+        plan = build_ms2hf_plan(open_ms_dir(path), Options(format="safetensors"))
+        make = Materializer(plan)
+        tensors = {pt.name: (pt.shape, pt.dtype, _loader(make, pt)) for pt in plan.tensors}
+        return View("ms", tensors)
+    source = open_hf_dir(path)
+    table = load_table()
+    skip = [re.compile(pattern_regex(p)) for p in table.skip]
+    tied = source.config.get("tie_word_embeddings", False)
+    twins = {table.hf_tensors[a]["name"] for a in table.tied_twins} if tied else set()
+    tensors = {n: (r.shape, r.dtype, _ref_loader(r)) for n, r in source.tensors.items()
+               if n not in twins and not any(rx.match(n) for rx in skip)}
+    return View("hf", tensors)
+
+
+def _loader(make, pt):
+    def load() -> np.ndarray:
+        payload = make(pt)
+        raw = payload.array.reshape(-1).view(np.uint8) if isinstance(payload, InMemory) else payload.read()
+        return to_float32(raw.view(dtype_info(pt.dtype).storage), pt.dtype)
+    return load
+
+
+def _ref_loader(ref: TensorRef):
+    return lambda: to_float32(ref.read().reshape(-1), ref.dtype)
+
+
+def diff(a: Path, b: Path, atol: float = 0.0) -> dict:
+    va, vb = hf_view(a), hf_view(b)
+    only_a = sorted(set(va.tensors) - set(vb.tensors))
+    only_b = sorted(set(vb.tensors) - set(va.tensors))
+    rows, differ = [], bool(only_a or only_b)
+    for name in [n for n in va.tensors if n in vb.tensors]:
+        (sa, da, la), (sb, db, lb) = va.tensors[name], vb.tensors[name]
+        row = {"name": name, "shape_a": list(sa), "shape_b": list(sb), "dtype_a": da, "dtype_b": db}
+        if sa != sb:
+            row["max_abs_diff"] = None
+            differ = True
+        else:
+            d = float(np.max(np.abs(la().astype(np.float64) - lb().astype(np.float64)))) if np.prod(sa) else 0.0
+            row["max_abs_diff"] = d
+            differ |= d > atol
+        differ |= da != db
+        rows.append(row)
+    return {"a": str(a), "b": str(b), "side_a": va.side, "side_b": vb.side, "same": not differ,
+            "only_in_a": only_a, "only_in_b": only_b, "tensors": rows, "atol": atol}
