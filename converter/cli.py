@@ -64,12 +64,14 @@ def main() -> None:
               help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
+              help="sha256 of every input and output file in conversion.json (costs a read of each).")
 @click.option("--verify", "then_verify", is_flag=True,
               help="After converting, run `verify` with its defaults on CPU; exit 1 if parity fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, untie: bool,
           seq_length: int | None, max_shard_size: int | None, device: str, dry_run: bool, force: bool,
-          then_verify: bool, as_json: bool) -> None:
+          do_hash: bool, then_verify: bool, as_json: bool) -> None:
     """Convert the HuggingFace Llama checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
 
     \b
@@ -84,7 +86,7 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
     from .source import open_hf_dir
 
     options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
-                      max_shard_size=max_shard_size, device=device)
+                      max_shard_size=max_shard_size, device=device, hash=do_hash)
     if out_dir.exists() and not force and not dry_run:
         raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
     plan = build_plan(open_hf_dir(src_dir), options)
@@ -116,10 +118,12 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
 @click.option("--max-shard-size", callback=_size, default="5GB", show_default=True, metavar="SIZE",
               help="Shard the HF safetensors above this size.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and config.json; write nothing.")
+@click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
+              help="sha256 of every input and output file in conversion.json.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shard_size: int, dry_run: bool,
-          force: bool, as_json: bool) -> None:
+          do_hash: bool, force: bool, as_json: bool) -> None:
     """Convert a MindSpore checkpoint (MS_DIR: a directory, .ckpt or .safetensors) back to HuggingFace.
 
     \b
@@ -134,7 +138,7 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shar
 
     if out_dir.exists() and not force and not dry_run:
         raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
-    options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size)
+    options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size, hash=do_hash)
     plan = build_ms2hf_plan(open_ms_dir(ms_dir, config), options)
     if dry_run:
         click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,13 +92,15 @@ def commit_out_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def write_weights(plan: Plan, tmp: Path) -> None:
+def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
     make = Materializer(plan)
+    done = hashes.submit if hashes else (lambda path: None)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES)
         for pt in plan.tensors:
             writer.add(pt.name, pt.dtype, pt.shape, make(pt))
         writer.close()
+        done(writer.path)
         return
     for shard, fname in enumerate(plan.weight_files):
         members = [pt for pt in plan.tensors if pt.shard == shard]
@@ -105,25 +108,50 @@ def write_weights(plan: Plan, tmp: Path) -> None:
         for pt in members:
             writer.add(pt.name, make(pt))
         writer.close()
+        done(writer.path)
     if len(plan.weight_files) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def file_record(path: Path, name: str | None = None) -> dict:
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            h.update(chunk)
-    return {"name": name or path.name, "size": path.stat().st_size, "sha256": h.hexdigest()}
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])  # hashlib releases the GIL here, so hashes run beside the copying
+    return h.hexdigest()
+
+
+class Hashes:
+    """sha256 of files, computed on worker threads while the main thread goes on writing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._pool = ThreadPoolExecutor(max_workers=2) if enabled else None
+        self._jobs: dict[Path, Future] = {}
+
+    def submit(self, path: Path) -> None:
+        if self.enabled and path not in self._jobs:
+            self._jobs[path] = self._pool.submit(sha256_of, path)
+
+    def record(self, path: Path, name: str | None = None) -> dict:
+        self.submit(path)
+        digest = self._jobs[path].result() if self.enabled else None
+        return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest}
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
 
 
-def provenance(plan: Plan, outputs: list[dict]) -> dict:
+def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
     src = plan.source
     return {
         "tool": "llama-convert", "version": __version__, "direction": plan.direction,
@@ -131,7 +159,8 @@ def provenance(plan: Plan, outputs: list[dict]) -> dict:
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
         "options": plan.options.as_dict(),
         "source": {"dir": str(src.root.resolve()),
-                   "files": [file_record(p, _relative(p, src.root)) for p in src.input_files()]},
+                   "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
+        "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
         "outputs": outputs,
         "tensor_count": len(plan.tensors),
         "tensors": [pt.as_dict() for pt in plan.tensors],
@@ -144,18 +173,23 @@ def execute(plan: Plan, out_dir: Path, force: bool = False) -> Result:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     tmp = prepare_out_dir(out_dir, force)
+    hashes = Hashes(plan.options.hash)
     try:
         check_twins(plan)
-        write_weights(plan, tmp)
+        for path in plan.source.input_files():
+            hashes.submit(path)
+        write_weights(plan, tmp, hashes)
         for path in plan.source.tokenizer_files:
             shutil.copyfile(path, tmp / path.name)
         for name, text in plan.extra_files.items():
             (tmp / name).write_text(text)
-        outputs = [file_record(p) for p in sorted(tmp.iterdir())]
-        record = provenance(plan, outputs)
+        outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
+        record = provenance(plan, outputs, hashes)
         (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
         commit_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        hashes.close()
     return Result(out_dir, outputs, record, time.perf_counter() - start)

@@ -19,6 +19,7 @@ class Options:
     device: str = "Ascend"                 # kernel settings written into the YAML
     table: str = "llama"
     ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
+    hash: bool = True                      # sha256 of every input and output file in conversion.json
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -168,17 +168,23 @@ def _check_sources(source: HFSource, table: Table, expected: dict, flags: dict):
                                                     f"checked equal before writing"})
         else:
             unknown.append(name)
+    refuse_mismatch(where, missing, unknown, f"the table {table.path.name} has no rule for them",
+                    wrong, "config.json")
+    return skipped, twins
+
+
+def refuse_mismatch(where, missing: list[str], unknown: list[str], unknown_why: str, wrong: list[str],
+                    config_name: str) -> None:
+    """One line that says everything wrong between a checkpoint and its config, or nothing."""
     problems = []
     if missing:
         problems.append(f"{len(missing)} tensors missing ({few(missing)})")
     if unknown:
-        problems.append(f"{len(unknown)} unknown tensors ({few(unknown)}); the table {table.path.name} "
-                        f"has no rule for them")
+        problems.append(f"{len(unknown)} unknown tensors ({few(unknown)}); {unknown_why}")
     if wrong:
-        problems.append(f"shape/dtype disagrees with config.json: {few(wrong, 3)}")
+        problems.append(f"shape/dtype disagrees with {config_name}: {few(wrong, 3)}")
     if problems:
         raise ConvertError(where, "; ".join(problems))
-    return skipped, twins
 
 
 def few(items: list[str], n: int = 4) -> str:

@@ -18,18 +18,18 @@ from .errors import ConvertError
 from .formats import ckpt, safetensors as st
 from .mapping import Table, eval_dim, holds, layer_names, load_table
 from .options import Options
-from .plan import Plan, PlannedTensor, assign_shards, few
+from .plan import Plan, PlannedTensor, assign_shards, refuse_mismatch
 from .source import TOKENIZER_FILES, HFSource
 
 DEFAULT_SHARD = 5 * 10**9
 
 
-def read_mindformers_yaml(path: Path) -> dict:
+def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> dict:
     try:
         data = yaml.safe_load(path.read_text())
         mc = dict(data["model"]["model_config"])
     except FileNotFoundError:
-        raise ConvertError(path, "MindFormers YAML not found", "pass --config with the model's YAML") from None
+        raise ConvertError(path, "MindFormers YAML not found", hint) from None
     except (yaml.YAMLError, KeyError, TypeError):
         raise ConvertError(path, "is not a MindFormers YAML with model.model_config") from None
     mc.pop("type", None)
@@ -123,14 +123,6 @@ def _check(source: HFSource, table: Table, expected: dict[str, tuple[int, ...]])
         else:
             unknown.append(name)
     missing = [n for n in expected if n not in source.tensors]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensors missing ({few(missing)})")
-    if unknown:
-        problems.append(f"{len(unknown)} unknown entries ({few(unknown)}); neither model weights nor known "
-                        f"training state")
-    if wrong:
-        problems.append(f"disagrees with {source.config_file.name}: {few(wrong, 3)}")
-    if problems:
-        raise ConvertError(where, "; ".join(problems))
+    refuse_mismatch(where, missing, unknown, "neither model weights nor known training state", wrong,
+                    source.config_file.name)
     return skipped

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .errors import ConvertError
 
@@ -168,8 +167,9 @@ class MSSide:
         self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
         self.net.set_train(False)
         params = load_ms_params(ms, ms_dir)
-        if device == "CPU":
-            params = {k: ms.Parameter(v.astype(ms.float32), name=k) for k, v in params.items()}
+        if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
+            for k in list(params):
+                params[k] = ms.Parameter(params.pop(k).astype(ms.float32), name=k)
         missing, unexpected = ms.load_param_into_net(self.net, params, strict_load=True)
         if missing or unexpected:
             raise ConvertError(ms_dir, f"checkpoint does not fit llama_config.yaml: missing {missing[:3]}, "
@@ -199,16 +199,9 @@ class MSSide:
 
 
 def read_model_config(ms_dir: Path) -> dict:
-    path = Path(ms_dir) / "llama_config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-        cfg = dict(data["model"]["model_config"])
-    except FileNotFoundError:
-        raise ConvertError(path, "not found", "MS_DIR must be an output directory of llama-convert hf2ms") from None
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise ConvertError(path, "is not a MindFormers model YAML (model.model_config missing)") from None
-    cfg.pop("type", None)
-    return cfg
+    from .plan_back import read_mindformers_yaml
+    return read_mindformers_yaml(Path(ms_dir) / "llama_config.yaml",
+                                 "MS_DIR must be an output directory of llama-convert hf2ms")
 
 
 def checkpoint_files(ms_dir: Path) -> tuple[list[Path], str]:
