@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-_CHUNK = 64 << 20
+_CHUNK = 16 << 20
 
 
 class Payload(Protocol):
@@ -57,19 +57,35 @@ class FileRanges:
         return out
 
 
+# "kernel": os.copy_file_range, bytes never enter the process. "buffered": pread into one reusable
+# buffer and write it out; RSS grows by the buffer only. Which is faster depends on the file system.
+COPY_MODE = os.environ.get("LLAMA_CONVERT_COPY", "kernel")
+_buffer: bytearray | None = None
+
+
 def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
     while n > 0:
-        try:
-            done = os.copy_file_range(src_fd, dst_fd, min(n, 1 << 30), offset)
-        except OSError:
-            done = 0  # e.g. EXDEV on old kernels, or a file system without support
+        done = 0
+        if COPY_MODE == "kernel":
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, min(n, 1 << 30), offset)
+            except OSError:
+                done = 0  # e.g. EXDEV on old kernels, or a file system without support
         if done <= 0:
-            data = os.pread(src_fd, min(n, _CHUNK), offset)
-            if not data:
-                raise EOFError(f"source ended before offset {offset + n}")
-            done = _write_all(dst_fd, data)
+            done = _buffered_copy(src_fd, offset, dst_fd, min(n, _CHUNK))
         offset += done
         n -= done
+
+
+def _buffered_copy(src_fd: int, offset: int, dst_fd: int, n: int) -> int:
+    global _buffer
+    if _buffer is None:
+        _buffer = bytearray(_CHUNK)
+    view = memoryview(_buffer)[:n]
+    got = os.preadv(src_fd, [view], offset)
+    if got <= 0:
+        raise EOFError(f"source ended before offset {offset + n}")
+    return _write_all(dst_fd, view[:got])
 
 
 def _write_all(fd: int, data) -> int:
