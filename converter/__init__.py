@@ -25,11 +25,9 @@ def plan_hf2ms(src: str | Path, options: Options | None = None):
 
 def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
     """Convert a HF Llama directory into a MindFormers directory; returns an execute.Result."""
-    from .execute import execute, prepare_out_dir
-    out = Path(out)
-    if out.exists() and not force:
-        prepare_out_dir(out, force)  # raises the standard "already exists" error before any work
-    return execute(plan_hf2ms(src, options), out, force)
+    from .execute import check_out_dir, execute
+    check_out_dir(Path(out), force)
+    return execute(plan_hf2ms(src, options), Path(out), force)
 
 
 def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Path | None = None):
@@ -42,11 +40,9 @@ def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Pa
 def convert_ms2hf(src: str | Path, out: str | Path, options: Options | None = None,
                   config: str | Path | None = None, force: bool = False):
     """Write a HuggingFace directory (config.json, safetensors, tokenizer files) from MindSpore."""
-    from .execute import execute, prepare_out_dir
-    out = Path(out)
-    if out.exists() and not force:
-        prepare_out_dir(out, force)
-    return execute(plan_ms2hf(src, options, config), out, force)
+    from .execute import check_out_dir, execute
+    check_out_dir(Path(out), force)
+    return execute(plan_ms2hf(src, options, config), Path(out), force)
 
 
 __all__ = ["plan_ms2hf", "convert_ms2hf", "ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]

@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import ConvertError
+from .execute import check_out_dir
 from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
 
 
@@ -87,8 +88,8 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
 
     options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
                       max_shard_size=max_shard_size, device=device, hash=do_hash)
-    if out_dir.exists() and not force and not dry_run:
-        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+    if not dry_run:
+        check_out_dir(out_dir, force)
     plan = build_plan(open_hf_dir(src_dir), options)
     if dry_run:
         click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
@@ -136,8 +137,8 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shar
     from . import report
     from .plan_back import build_ms2hf_plan, open_ms_dir
 
-    if out_dir.exists() and not force and not dry_run:
-        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+    if not dry_run:
+        check_out_dir(out_dir, force)
     options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size, hash=do_hash)
     plan = build_ms2hf_plan(open_ms_dir(ms_dir, config), options)
     if dry_run:

@@ -25,6 +25,7 @@ from .formats.payload import InMemory, Payload
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
 
+
 @dataclass
 class Result:
     out_dir: Path
@@ -55,9 +56,6 @@ class Materializer:
         return InMemory(self._split[1][pt.part])
 
 
-def materialize(pt: PlannedTensor, plan: Plan) -> Payload:
-    return Materializer(plan)(pt)
-
 
 def check_twins(plan: Plan) -> None:
     """A tied checkpoint's extra lm_head must be the embedding, or dropping it would change the model."""
@@ -68,11 +66,16 @@ def check_twins(plan: Plan) -> None:
                                f"tie_word_embeddings=true", "fix tie_word_embeddings in config.json")
 
 
-def prepare_out_dir(out_dir: Path, force: bool) -> Path:
-    """Refuse an existing OUT_DIR without force; return the hidden temporary sibling to write into."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an existing OUT_DIR without force, before any work is done."""
+    if Path(out_dir).exists() and not force:
         raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
+
+
+def prepare_out_dir(out_dir: Path, force: bool) -> Path:
+    """The hidden temporary sibling of OUT_DIR to write into."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
     if not out_dir.parent.is_dir():
         raise ConvertError(out_dir.parent, "parent of the output directory does not exist")
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"

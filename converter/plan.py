@@ -94,8 +94,7 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     translation = translate(table, source.config, source.generation_config, options, weights_dtype(source),
                             source.config_file, gen_path)
     mc = translation.model_config
-    env = {**mc, "num_layers": mc["num_layers"]}
-    dims = {k: eval_dim(v, env) for k, v in table.data["dims"].items()}
+    dims = {k: eval_dim(v, mc) for k, v in table.data["dims"].items()}
     flags = {"qkv_concat": options.qkv_concat, "bias": mc["qkv_has_bias"], "tied": mc["tie_word_embeddings"],
              "source_untied": not source.config.get("tie_word_embeddings", False)}
 
@@ -103,9 +102,8 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     skipped, twins = _check_sources(source, table, expected, flags)
     ctx = ops.OpContext(mc["num_heads"], mc["n_kv_heads"])
     dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
-    tensors: list[PlannedTensor] = []
-    globals_, per_layer = [], []
-    for rule in table.ms_rules:
+    keyed = []  # (layer, rule order, tensor): whole-model tensors first, then layer by layer
+    for order, rule in enumerate(table.ms_rules):
         if not holds(rule.when, flags):
             continue
         for i, name in layer_names(rule.name, mc["num_layers"]):
@@ -113,8 +111,8 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
             shapes = [source.tensors[s].shape for s in srcs]
             pt = PlannedTensor(name, tuple(ops.get(rule.op).out_shape(shapes, ctx)), dtype_of[rule.dtype], srcs,
                                tuple(source.tensors[s].dtype for s in srcs), rule.op)
-            (globals_ if i is None else per_layer).append((i or 0, len(per_layer), pt))
-    tensors = [pt for *_, pt in globals_] + [pt for *_, pt in sorted(per_layer, key=lambda x: x[:2])]
+            keyed.append((-1 if i is None else i, order, pt))
+    tensors = [pt for *_, pt in sorted(keyed, key=lambda x: x[:2])]
     plan = Plan(source, table, options, translation, tensors, skipped, twins)
     assign_shards(plan)
     plan.extra_files = {"llama_config.yaml": yaml_text(plan)}
