@@ -95,18 +95,30 @@ def commit_out_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor]:
+    """Tensors in the order their bytes sit in the source files, so reading is sequential
+    (what matters when the source is on disk rather than in the page cache)."""
+    files = {f: i for i, f in enumerate(plan.source.weight_files)}
+
+    def position(pt: PlannedTensor) -> tuple[int, int]:
+        ref = plan.source.tensors[pt.sources[0]]
+        offset = ref.ranges.segments[0][0] if ref.ranges is not None and ref.ranges.segments else 0
+        return files.get(ref.file, 0), offset
+    return sorted(tensors, key=position)
+
+
 def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
     make = Materializer(plan)
     done = hashes.submit if hashes else (lambda path: None)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES)
-        for pt in plan.tensors:
+        for pt in source_order(plan, plan.tensors):
             writer.add(pt.name, pt.dtype, pt.shape, make(pt))
         writer.close()
         done(writer.path)
         return
     for shard, fname in enumerate(plan.weight_files):
-        members = [pt for pt in plan.tensors if pt.shard == shard]
+        members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
         writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata)
         for pt in members:
             writer.add(pt.name, make(pt))
