@@ -23,6 +23,10 @@ class _Group(click.Group):
         except ConvertError as e:
             click.echo(f"llama-convert: error: {e.one_line()}", err=True)
             sys.exit(2)
+        except OSError as e:  # disk full, permissions, a file vanishing mid-run: nothing was left half-written
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
 
 
 def _size(ctx, param, value):

@@ -115,6 +115,12 @@ def first_divergence(hf_states: dict[str, np.ndarray], ms_states: dict[str, np.n
 
 # ---------------------------------------------------------------------------- the two sides
 
+def capture_places(embedding, layers, final_norm) -> list[tuple[str, object]]:
+    """The places compared on both sides, named the same way in every report."""
+    return ([("embedding", embedding)] + [(f"layer.{i}", layer) for i, layer in enumerate(layers)]
+            + [("final_norm", final_norm)])
+
+
 class HFSide:
     def __init__(self, hf_dir: Path):
         import torch
@@ -128,8 +134,7 @@ class HFSide:
             raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
         self.captured: dict[str, np.ndarray] = {}
         inner = self.model.model
-        places = [("embedding", inner.embed_tokens)] + [(f"layer.{i}", l) for i, l in enumerate(inner.layers)]
-        for place, module in places + [("final_norm", inner.norm)]:
+        for place, module in capture_places(inner.embed_tokens, inner.layers, inner.norm):
             module.register_forward_hook(self._hook(place))
 
     def _hook(self, place):
@@ -177,8 +182,7 @@ class MSSide:
         self.captured: dict[str, np.ndarray] = {}
         self.capture = True
         inner = self.net.model
-        places = [("embedding", inner.tok_embeddings)] + [(f"layer.{i}", l) for i, l in enumerate(inner.layers)]
-        for place, cell in places + [("final_norm", inner.norm_out)]:
+        for place, cell in capture_places(inner.tok_embeddings, inner.layers, inner.norm_out):
             cell.register_forward_hook(self._hook(place))
 
     def _hook(self, place):

@@ -107,27 +107,27 @@ def test_shape_that_disagrees_with_config(tmp_path):
     assert_rejected(tmp_path, src, "model.safetensors", "mlp.gate_proj.weight is [128, 64]", "implies [96, 64]")
 
 
+def edit_weights(src: Path, change) -> None:
+    state = load_file(src / "model.safetensors")
+    change(state)
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+
+
 def test_missing_tensor(tmp_path):
     src = copy(MHA, tmp_path)
-    state = load_file(src / "model.safetensors")
-    del state["model.layers.1.mlp.up_proj.weight"]
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    edit_weights(src, lambda state: state.pop("model.layers.1.mlp.up_proj.weight"))
     assert_rejected(tmp_path, src, "model.safetensors", "missing", "model.layers.1.mlp.up_proj.weight")
 
 
 def test_unknown_tensor(tmp_path):
     src = copy(MHA, tmp_path)
-    state = load_file(src / "model.safetensors")
-    state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(16)
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    edit_weights(src, lambda state: state.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(16)}))
     assert_rejected(tmp_path, src, "model.safetensors", "unknown tensors", "q_norm")
 
 
 def test_harmless_rotary_buffer_is_skipped_and_recorded(tmp_path):
     src = copy(MHA, tmp_path)
-    state = load_file(src / "model.safetensors")
-    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    edit_weights(src, lambda state: state.update({"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8)}))
     proc = run_cli("hf2ms", src, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out/conversion.json").read_text())
@@ -173,3 +173,10 @@ def test_force_replaces_existing_output(tmp_path):
 def test_bad_usage_exits_2(tmp_path):
     proc = run_cli("hf2ms", MHA, tmp_path / "out", "--format", "gguf")
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_an_os_error_while_writing_is_one_line(tmp_path):
+    out = tmp_path / ("o" * 300)  # longer than any file name may be: mkdir fails with ENAMETOOLONG
+    proc = run_cli("hf2ms", MHA, out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "too long" in proc.stderr
