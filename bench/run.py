@@ -117,6 +117,10 @@ def verify_cost(work: Path) -> dict:
     return {"seconds": wall, "peak_rss_bytes": peak, "exit": code}
 
 
+def _delta(out: int | None, inp: int) -> str:
+    return "-" if out is None else f"{out - inp:+,}"
+
+
 def table(results: dict) -> str:
     lines = []
     for name, res in results["models"].items():
@@ -126,12 +130,14 @@ def table(results: dict) -> str:
         mfs = {k: v["median_s"] for k, v in cmds.items() if k.startswith("mindformers")}
         lines.append(f"\n{name}: input {res['input_bytes'] / 2**30:.2f} GiB; memory bound 2 x largest output "
                      f"tensor + 400 MB = {bound / 2**20:.0f} MiB")
-        head = f"| command | median s | x cp | peak RSS MiB | within bound |" + "".join(f" x {k.split()[1]} |" for k in mfs)
+        head = (f"| command | median s | x cp | peak RSS MiB | within bound | out dir - input weights, bytes |"
+                + "".join(f" x {k.split()[1]} |" for k in mfs))
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for label, v in cmds.items():
             row = (f"| {label} | {v['median_s']:.2f} | {v['median_s'] / cp:.2f} | "
                    f"{v['median_peak_rss_bytes'] / 2**20:.0f} | "
-                   f"{'-' if label.startswith(('cp', 'mindformers')) else 'yes' if v['median_peak_rss_bytes'] <= bound else 'NO'} |")
+                   f"{'-' if label.startswith(('cp', 'mindformers')) else 'yes' if v['median_peak_rss_bytes'] <= bound else 'NO'} | "
+                   f"{_delta(v.get('output_bytes'), res['input_bytes'])} |")
             row += "".join(f" {v['median_s'] / t:.3f} |" for t in mfs.values())
             lines.append(row)
     if "verify_1b" in results:
@@ -151,7 +157,12 @@ def main() -> None:
     ap.add_argument("--verify", action="store_true", help="also time verify on the 1B shape")
     ap.add_argument("--work", type=Path, default=HERE / "cache" / "work")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--report", action="store_true", help="only print the table of an existing --out file")
     args = ap.parse_args()
+    if args.report:
+        results = json.loads(args.out.read_text())
+        write_report(results, args.out)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     import importlib.util
     have_mf = importlib.util.find_spec("mindformers") is not None and not args.no_mindformers
@@ -164,10 +175,14 @@ def main() -> None:
     if args.verify:
         results["verify_1b"] = verify_cost(args.work)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, args.out)
+
+
+def write_report(results: dict, out: Path) -> None:
     text = table(results)
     print(text)
-    (args.out.with_suffix(".md")).write_text(f"Measured {results['date']} on {results['machine']}, "
-                                             f"median of {args.rounds} interleaved rounds.\n{text}\n")
+    out.with_suffix(".md").write_text(f"Measured {results['date']} on {results['machine']}, "
+                                      f"median of {results['rounds']} interleaved rounds.\n{text}\n")
 
 
 if __name__ == "__main__":
