@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, ops
-from .dtypes import cast
+from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
 from .formats.ckpt import SLICE_BYTES, CkptWriter
-from .formats.payload import InMemory, Payload
+from .formats.payload import InMemory, Payload, gather
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
 
@@ -48,8 +48,13 @@ class Materializer:
             return refs[0].payload()
         op = ops.get(pt.op)
         if pt.part is None:
+            ctx = self.plan.op_context()
+            if pt.cast is None and op.placement and all(r.ranges and len(r.ranges.segments) == 1 for r in refs):
+                runs = op.placement([r.shape for r in refs], ctx)
+                data = gather(list(zip([r.ranges for r in refs], runs)), dtype_info(pt.dtype).itemsize, pt.nbytes)
+                return InMemory(data.view(dtype_info(pt.dtype).storage).reshape(pt.shape))
             arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
-            return InMemory(op.forward(arrays, self.plan.op_context()))
+            return InMemory(op.forward(arrays, ctx))
         (ref,) = refs
         if self._split is None or self._split[0] != ref.name:
             self._split = (ref.name, op.inverse(cast(ref.read(), ref.dtype, pt.dtype), self.plan.op_context()))

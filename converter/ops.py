@@ -5,6 +5,7 @@ and its inverse restores the input bit for bit.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +20,9 @@ class OpContext:
     n_kv_heads: int
 
 
+Placement = list[tuple[int, int]]  # (element offset in the output, element count), in source order
+
+
 @dataclass(frozen=True)
 class Op:
     name: str
@@ -27,6 +31,9 @@ class Op:
     inverse: Callable[[np.ndarray, OpContext], list[np.ndarray]]
     out_shape: Callable[[Sequence[Shape], OpContext], Shape]
     in_shapes: Callable[[Shape, OpContext], list[Shape]]
+    # Where each input's elements land in the output, run by run. It lets the executor read source
+    # bytes straight into their final place (one copy) instead of reading, then rearranging.
+    placement: Callable[[Sequence[Shape], OpContext], list[Placement]] | None = None
 
 
 def _copy_forward(xs, ctx):
@@ -64,6 +71,22 @@ def _qkv_in_shapes(shape, ctx):
     return [(groups * per * d, *rest), (groups * d, *rest), (groups * d, *rest)]
 
 
+def _qkv_placement(shapes, ctx):
+    groups, per = _qkv_parts(ctx)
+    row = math.prod(shapes[0][1:])
+    d = shapes[1][0] // groups
+    stride = (per + 2) * d * row
+    q = [(g * stride, per * d * row) for g in range(groups)]
+    k = [(g * stride + per * d * row, d * row) for g in range(groups)]
+    v = [(g * stride + (per + 1) * d * row, d * row) for g in range(groups)]
+    return [q, k, v]
+
+
+def _gate_up_placement(shapes, ctx):
+    rows, row = shapes[0][0], math.prod(shapes[0][1:])
+    return [[(2 * j * row, row) for j in range(rows)], [((2 * j + 1) * row, row) for j in range(rows)]]
+
+
 def _gate_up_forward(xs, ctx):
     # MindFormers' w_gate_hidden: row j of gate, then row j of up, for every j.
     gate, up = xs
@@ -83,10 +106,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("copy", "the tensor as it is", _copy_forward, lambda w, ctx: [w],
        lambda shapes, ctx: tuple(shapes[0]), lambda shape, ctx: [tuple(shape)]),
     Op("qkv_grouped", "q, k, v rows regrouped per KV head: [q-group, k, v] x n_kv_heads",
-       _qkv_forward, _qkv_inverse, _sum_rows, _qkv_in_shapes),
+       _qkv_forward, _qkv_inverse, _sum_rows, _qkv_in_shapes, _qkv_placement),
     Op("gate_up_interleaved", "gate and up rows interleaved one by one",
        _gate_up_forward, _gate_up_inverse, _sum_rows,
-       lambda shape, ctx: [(shape[0] // 2, *shape[1:])] * 2),
+       lambda shape, ctx: [(shape[0] // 2, *shape[1:])] * 2, _gate_up_placement),
 )}
 
 

@@ -135,3 +135,23 @@ def test_buffered_copy_path_writes_the_same_bytes_as_the_kernel_path(tmp_path, m
     convert_hf2ms(src, tmp_path / "buffered", Options(format="safetensors"))
     for f in (tmp_path / "kernel").glob("*.safetensors"):
         assert f.read_bytes() == (tmp_path / "buffered" / f.name).read_bytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["qkv_grouped", "gate_up_interleaved"]), heads(), st.booleans())
+def test_placement_describes_exactly_what_forward_does(name, shape, bias):
+    """The executor reads fused tensors straight into place by `placement`; it must agree with forward."""
+    n_heads, n_kv, d, x = shape
+    ctx = ops.OpContext(n_heads, n_kv)
+    op = ops.get(name)
+    rest = () if bias else (x,)
+    rows = (n_heads + 2 * n_kv) * d if name == "qkv_grouped" else 2 * d
+    ins = [np.random.default_rng(3).standard_normal(s).astype(np.float32) for s in op.in_shapes((rows, *rest), ctx)]
+    out = np.full(sum(a.size for a in ins), np.nan, np.float32)
+    for a, runs in zip(ins, op.placement([a.shape for a in ins], ctx)):
+        flat, pos = a.reshape(-1), 0
+        for start, n in runs:
+            out[start:start + n] = flat[pos:pos + n]
+            pos += n
+        assert pos == a.size
+    np.testing.assert_array_equal(out, op.forward(ins, ctx).reshape(-1))

@@ -95,6 +95,28 @@ def _write_all(fd: int, data) -> int:
     return total
 
 
+_IOV_MAX = 1024
+
+
+def gather(sources: list[tuple["FileRanges", list[tuple[int, int]]]], itemsize: int, nbytes: int) -> np.ndarray:
+    """Read each source's bytes, in file order, straight into the given runs of one new buffer.
+
+    sources: (contiguous file range, [(element offset in the buffer, element count), ...]).
+    """
+    out = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(out)
+    for ranges, runs in sources:
+        (offset, length), = ranges.segments
+        with open(ranges.path, "rb", buffering=0) as src:
+            for i in range(0, len(runs), _IOV_MAX):
+                iov = [view[a * itemsize:(a + n) * itemsize] for a, n in runs[i:i + _IOV_MAX]]
+                want = sum(len(b) for b in iov)
+                if os.preadv(src.fileno(), iov, offset) != want:
+                    raise EOFError(f"{ranges.path}: short read at offset {offset}")
+                offset += want
+    return out
+
+
 @dataclass(frozen=True)
 class InMemory:
     array: np.ndarray
