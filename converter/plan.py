@@ -79,11 +79,11 @@ class Plan:
 
 
 def weights_dtype(source: HFSource) -> str:
-    """The dtype the model's weights are stored in: the embedding's (configs sometimes lie)."""
-    embed = source.tensors.get("model.embed_tokens.weight")
-    if embed is not None:
-        return embed.dtype
-    return Counter(t.dtype for t in source.tensors.values()).most_common(1)[0][0]
+    """The dtype most of the weight bytes are stored in (configs sometimes say otherwise)."""
+    by_bytes: Counter = Counter()
+    for t in source.tensors.values():
+        by_bytes[t.dtype] += t.nbytes
+    return by_bytes.most_common(1)[0][0]
 
 
 def build_plan(source: HFSource, options: Options, table: Table | None = None) -> Plan:
