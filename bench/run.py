@@ -130,7 +130,7 @@ def table(results: dict) -> str:
         mfs = {k: v["median_s"] for k, v in cmds.items() if k.startswith("mindformers")}
         lines.append(f"\n{name}: input {res['input_bytes'] / 2**30:.2f} GiB; memory bound 2 x largest output "
                      f"tensor + 400 MB = {bound / 2**20:.0f} MiB")
-        head = (f"| command | median s | x cp | peak RSS MiB | within bound | out dir - input weights, bytes |"
+        head = ("| command | median s | x cp | peak RSS MiB | within bound | out dir - input weights, bytes |"
                 + "".join(f" x {k.split()[1]} |" for k in mfs))
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for label, v in cmds.items():

@@ -16,6 +16,7 @@ from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
 from .mapping import load_table, pattern_regex
 from .options import Options
+from .plan_back import build_ms2hf_plan, ms_checkpoint_files, open_ms_dir, read_ms_headers
 from .source import open_hf_dir
 
 
@@ -41,12 +42,7 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
         raise ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
     if side == "hf":
         return side, list(open_hf_dir(path).tensors.values())
-    refs: list[TensorRef] = []
-    for f in sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors")):
-        refs += ckpt.scan(f)[0] if f.suffix == ".ckpt" else list(st.read_header(f)[0].values())
-    if not refs:
-        raise ConvertError(path, "no .ckpt or .safetensors checkpoint found")
-    return side, refs
+    return side, list(read_ms_headers(ms_checkpoint_files(path))[0].values())
 
 
 def inspect(path: Path) -> dict:
@@ -70,7 +66,6 @@ class View:
 
 def hf_view(path: Path) -> View:
     from .execute import Materializer
-    from .plan_back import build_ms2hf_plan, open_ms_dir
     path = Path(path)
     if _is_ms(path):
         plan = build_ms2hf_plan(open_ms_dir(path), Options(format="safetensors"))

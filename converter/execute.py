@@ -61,7 +61,6 @@ class Materializer:
         return InMemory(self._split[1][pt.part])
 
 
-
 def check_twins(plan: Plan) -> None:
     """A tied checkpoint's extra lm_head must be the embedding, or dropping it would change the model."""
     for dropped, kept in plan.twins:

@@ -16,6 +16,7 @@ from .config_rules import Translation, translate_back
 from .dtypes import FLOATS
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
+from .formats.tensor import TensorRef
 from .mapping import Table, eval_dim, holds, layer_names, load_table
 from .options import Options
 from .plan import Plan, PlannedTensor, assign_shards, refuse_mismatch
@@ -39,20 +40,21 @@ def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model'
     return mc
 
 
-def open_ms_dir(path: Path, config: Path | None = None) -> HFSource:
-    """A MindSpore checkpoint (a directory, a .ckpt or a .safetensors file) and its model_config."""
+def ms_checkpoint_files(path: Path) -> list[Path]:
+    """The weight files of a MindSpore checkpoint: a .ckpt or .safetensors file, or those in a directory."""
     path = Path(path)
     if not path.exists():
         raise ConvertError(path, "not found")
-    root = path if path.is_dir() else path.parent
-    if path.is_dir():
-        files = sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors"))
-        if not files:
-            raise ConvertError(path, "no .ckpt or .safetensors checkpoint found")
-    else:
-        files = [path]
-    cfg_path = config or root / "llama_config.yaml"
-    mc = read_mindformers_yaml(cfg_path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConvertError(path, "no .ckpt or .safetensors checkpoint found")
+    return files
+
+
+def read_ms_headers(files: list[Path]) -> tuple[dict[str, TensorRef], dict[str, int], list[str]]:
+    """(tensors, file index of each tensor, non-tensor entries) from the headers of MindSpore files."""
     tensors, shard_of, others = {}, {}, []
     for i, f in enumerate(files):
         if f.suffix == ".ckpt":
@@ -63,6 +65,16 @@ def open_ms_dir(path: Path, config: Path | None = None) -> HFSource:
         for ref in refs:
             tensors[ref.name] = ref
             shard_of[ref.name] = i
+    return tensors, shard_of, others
+
+
+def open_ms_dir(path: Path, config: Path | None = None) -> HFSource:
+    """A MindSpore checkpoint (a directory, a .ckpt or a .safetensors file) and its model_config."""
+    files = ms_checkpoint_files(path)
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    cfg_path = config or root / "llama_config.yaml"
+    mc = read_mindformers_yaml(cfg_path)
+    tensors, shard_of, others = read_ms_headers(files)
     index = root / "model.safetensors.index.json"
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     return HFSource(root, mc, None, tensors, files, index if index.exists() and len(files) > 1 else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConvertError
+from .plan_back import ms_checkpoint_files, read_mindformers_yaml
 
 # Pass criteria per (device, parameter dtype). CPU runs everything in float32; the Ascend rows
 # are for MindFormers' production kernels in half precision and have not been run here.
@@ -203,28 +204,16 @@ class MSSide:
 
 
 def read_model_config(ms_dir: Path) -> dict:
-    from .plan_back import read_mindformers_yaml
     return read_mindformers_yaml(Path(ms_dir) / "llama_config.yaml",
                                  "MS_DIR must be an output directory of llama-convert hf2ms")
 
 
-def checkpoint_files(ms_dir: Path) -> tuple[list[Path], str]:
-    ms_dir = Path(ms_dir)
-    ckpts = sorted(ms_dir.glob("*.ckpt"))
-    if ckpts:
-        return ckpts, "ckpt"
-    sts = sorted(ms_dir.glob("*.safetensors"))
-    if sts:
-        return sts, "safetensors"
-    raise ConvertError(ms_dir, "no .ckpt or .safetensors checkpoint found")
-
-
 def load_ms_params(ms, ms_dir: Path) -> dict:
-    files, fmt = checkpoint_files(ms_dir)
+    """Every parameter of MS_DIR, loaded by mindspore itself (the point is that MindSpore can)."""
     params = {}
-    for f in files:
+    for f in ms_checkpoint_files(ms_dir):
         try:
-            params.update(ms.load_checkpoint(str(f), format=fmt))
+            params.update(ms.load_checkpoint(str(f), format=f.suffix.lstrip(".")))
         except (ValueError, RuntimeError) as e:
             raise ConvertError(f, f"mindspore cannot load this checkpoint: {str(e).splitlines()[0][:200]}") from None
     return params
@@ -246,7 +235,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     if not (hf_dir / "config.json").exists():
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
     cfg = read_model_config(ms_dir)
-    checkpoint_files(ms_dir)
+    ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
     ids = seeded_tokens(vocab, opts.batch, opts.seq_len, opts.seed, pad)
