@@ -11,7 +11,7 @@ import numpy as np
 from .dtypes import dtype as dtype_info, to_float32
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
-from .formats.payload import InMemory
+from .formats.payload import read_all
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
 from .mapping import load_table, pattern_regex
@@ -85,7 +85,7 @@ def hf_view(path: Path) -> View:
 def _loader(make, pt):
     def load() -> np.ndarray:
         payload = make(pt)
-        raw = payload.array.reshape(-1).view(np.uint8) if isinstance(payload, InMemory) else payload.read()
+        raw = read_all(payload)
         return to_float32(raw.view(dtype_info(pt.dtype).storage), pt.dtype)
     return load
 

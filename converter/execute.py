@@ -21,7 +21,7 @@ from . import __version__, ops
 from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
 from .formats.ckpt import SLICE_BYTES, CkptWriter
-from .formats.payload import InMemory, Payload, gather
+from .formats.payload import Cast, InMemory, Payload, Run, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
 
@@ -35,8 +35,13 @@ class Result:
 
 
 class Materializer:
-    """Makes each planned tensor's bytes. On the way back one MindSpore tensor yields several HF
-    tensors (w_qkv -> q, k, v); the split of the latest one is kept so it is computed once."""
+    """Makes each planned tensor's payload: bytes that are copied, assembled or cast on their way out.
+
+    Source bytes that need no change stay in the source file (a FileRanges). Fused and split tensors
+    are a Scatter of source runs laid out by the op's placement, and casts wrap either; all of them
+    stream window by window. Only sources without byte ranges (pickled .bin) or an op without a
+    placement go through whole in-memory arrays.
+    """
 
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -44,28 +49,52 @@ class Materializer:
 
     def __call__(self, pt: PlannedTensor) -> Payload:
         refs = [self.plan.source.tensors[s] for s in pt.sources]
-        if pt.op == "copy" and pt.cast is None:
-            return refs[0].payload()
-        op = ops.get(pt.op)
+        src_dtype = refs[0].dtype
+        if pt.op == "copy":
+            payload = refs[0].payload()
+        elif self._streamable(pt, refs):
+            payload = self._scatter(pt, refs)
+        else:
+            return self._in_memory(pt, refs)
+        return payload if src_dtype == pt.dtype else Cast(payload, src_dtype, pt.dtype)
+
+    def _streamable(self, pt: PlannedTensor, refs: list) -> bool:
+        return (ops.get(pt.op).placement is not None and all(r.ranges is not None for r in refs)
+                and len({r.dtype for r in refs}) == 1)
+
+    def _scatter(self, pt: PlannedTensor, refs: list) -> Scatter:
+        op, ctx = ops.get(pt.op), self.plan.op_context()
+        item = dtype_info(refs[0].dtype).itemsize
+        if pt.part is None:  # forward: each source's runs, in source order, land at their output offsets
+            runs = []
+            for ref, placed in zip(refs, op.placement([r.shape for r in refs], ctx)):
+                at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
+                runs.append(Run.of(ref.ranges, _exclusive_cumsum(count), at, count))
+            return Scatter(tuple(runs), sum(r.nbytes for r in refs))
+        (ref,) = refs  # backward: one part of a fused tensor, its runs gathered in order
+        placed = op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part]
+        at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
+        return Scatter((Run.of(ref.ranges, at, _exclusive_cumsum(count), count),), int(count.sum()))
+
+    def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
+        op, ctx = ops.get(pt.op), self.plan.op_context()
         if pt.part is None:
-            ctx = self.plan.op_context()
-            if pt.cast is None and op.placement and all(r.ranges and len(r.ranges.segments) == 1 for r in refs):
-                runs = op.placement([r.shape for r in refs], ctx)
-                data = gather(list(zip([r.ranges for r in refs], runs)), dtype_info(pt.dtype).itemsize, pt.nbytes)
-                return InMemory(data.view(dtype_info(pt.dtype).storage).reshape(pt.shape))
-            arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
-            return InMemory(op.forward(arrays, ctx))
+            return InMemory(op.forward([cast(r.read(), r.dtype, pt.dtype) for r in refs], ctx))
         (ref,) = refs
-        if self._split is None or self._split[0] != ref.name:
-            self._split = (ref.name, op.inverse(cast(ref.read(), ref.dtype, pt.dtype), self.plan.op_context()))
+        if self._split is None or self._split[0] != ref.name:  # q, k, v come from one w_qkv: split it once
+            self._split = (ref.name, op.inverse(cast(ref.read(), ref.dtype, pt.dtype), ctx))
         return InMemory(self._split[1][pt.part])
+
+
+def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
 
 
 def check_twins(plan: Plan) -> None:
     """A tied checkpoint's extra lm_head must be the embedding, or dropping it would change the model."""
     for dropped, kept in plan.twins:
         a, b = plan.source.tensors[dropped], plan.source.tensors[kept]
-        if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a.read(), b.read()):
+        if a.shape != b.shape or a.dtype != b.dtype or not same_bytes(a.payload(), b.payload()):
             raise ConvertError(a.file, f"{dropped} differs from {kept}, but config.json says "
                                f"tie_word_embeddings=true", "fix tie_word_embeddings in config.json")
 

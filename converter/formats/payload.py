@@ -1,26 +1,90 @@
 """Where a tensor's bytes come from, and how they reach an output file.
 
-A tensor that needs no change is a list of byte ranges in a source file; those move with
-os.copy_file_range (the kernel copies, Python never sees the bytes and no page of the source
-is mapped into our process). Everything else is an in-memory array written as it is.
+- FileRanges: a tensor stored as it is in a source file. It moves with os.copy_file_range: the
+  kernel copies, Python never sees the bytes and no page of the source is mapped into our process.
+- Scatter: a tensor assembled from runs of source bytes (a fused tensor on the way in, one part
+  of it on the way out). It is read window by window with preadv, straight into place.
+- Cast: another payload with its elements cast to a new dtype, window by window.
+- InMemory: an array that is already in memory (pickled .bin sources, ops without a placement).
+
+Everything but InMemory needs one window of memory, however large the tensor: memory stays flat
+from a 1B to a 405B model.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 
-_CHUNK = 16 << 20
+from ..dtypes import cast, dtype
+
+WINDOW = 16 << 20   # a multiple of every itemsize, so windows end on element boundaries
+_MAX_GAP = 64 << 10  # source bytes between two wanted runs that are read and dropped rather than seeked over
+_IOV_MAX = 1024
 
 
 class Payload(Protocol):
     nbytes: int
 
+    def read_into(self, view: memoryview, start: int) -> None:
+        """Fill `view` with bytes [start, start + len(view)) of the payload."""
+
     def write_to(self, fd: int, start: int, length: int) -> None:
-        """Append bytes [start, start+length) of the payload to the file descriptor."""
+        """Append bytes [start, start + length) of the payload to the file descriptor."""
+
+
+_scratch: dict[str, bytearray] = {}
+
+
+def _buffer(purpose: str, size: int) -> memoryview:
+    """A reusable buffer per purpose: fresh allocations would be zero-filled by the kernel every time."""
+    buf = _scratch.get(purpose)
+    if buf is None or len(buf) < size:
+        buf = _scratch[purpose] = bytearray(size)
+    return memoryview(buf)[:size]
+
+
+def read_all(payload: Payload) -> np.ndarray:
+    """The whole payload as a new uint8 array."""
+    out = np.empty(payload.nbytes, dtype=np.uint8)
+    if payload.nbytes:
+        payload.read_into(memoryview(out), 0)
+    return out
+
+
+def same_bytes(a: Payload, b: Payload) -> bool:
+    """Compare two payloads window by window, without holding either whole."""
+    if a.nbytes != b.nbytes:
+        return False
+    for pos in range(0, a.nbytes, WINDOW):
+        n = min(WINDOW, a.nbytes - pos)
+        va, vb = _buffer("compare-a", n), _buffer("compare-b", n)
+        a.read_into(va, pos)
+        b.read_into(vb, pos)
+        if va != vb:
+            return False
+    return True
+
+
+class _Windowed:
+    """write_to for payloads that are produced by read_into: one reusable window at a time."""
+
+    def write_to(self, fd: int, start: int, length: int) -> None:
+        end = start + length
+        for pos in range(start, end, WINDOW):
+            view = _buffer("write", min(WINDOW, end - pos))
+            self.read_into(view, pos)
+            _write_all(fd, view)
+
+
+def _pread_exact(fd: int, buffers: list, offset: int, path: Path) -> None:
+    want = sum(len(b) for b in buffers)
+    if os.preadv(fd, buffers, offset) != want:
+        raise EOFError(f"{path}: short read of {want} bytes at offset {offset}")
 
 
 @dataclass(frozen=True)
@@ -32,7 +96,8 @@ class FileRanges:
     def nbytes(self) -> int:
         return sum(n for _, n in self.segments)
 
-    def _pieces(self, start: int, length: int):
+    def locate(self, start: int, length: int) -> Iterable[tuple[int, int]]:
+        """(file offset, nbytes) pieces holding payload bytes [start, start + length)."""
         pos = 0
         for off, n in self.segments:
             lo, hi = max(start, pos), min(start + length, pos + n)
@@ -40,27 +105,135 @@ class FileRanges:
                 yield off + lo - pos, hi - lo
             pos += n
 
+    def read_into(self, view: memoryview, start: int) -> None:
+        with open(self.path, "rb", buffering=0) as src:
+            pos = 0
+            for off, n in self.locate(start, len(view)):
+                _pread_exact(src.fileno(), [view[pos:pos + n]], off, self.path)
+                pos += n
+
     def write_to(self, fd: int, start: int, length: int) -> None:
         with open(self.path, "rb", buffering=0) as src:
-            for off, n in self._pieces(start, length):
+            for off, n in self.locate(start, length):
                 _copy_range(src.fileno(), off, fd, n)
 
     def read(self) -> np.ndarray:
-        out = np.empty(self.nbytes, dtype=np.uint8)
-        view, pos = memoryview(out), 0
-        with open(self.path, "rb", buffering=0) as src:
-            for off, n in self.segments:
-                got = os.preadv(src.fileno(), [view[pos:pos + n]], off)
-                if got != n:
-                    raise EOFError(f"{self.path}: expected {n} bytes at offset {off}, got {got}")
-                pos += n
-        return out
+        return read_all(self)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Runs of one source file that land in an assembled tensor; arrays sorted by both offsets."""
+    path: Path
+    file_off: np.ndarray
+    out_off: np.ndarray
+    length: np.ndarray
+
+    @cached_property
+    def out_end(self) -> np.ndarray:
+        return self.out_off + self.length
+
+    @classmethod
+    def of(cls, ranges: FileRanges, src_off: np.ndarray, out_off: np.ndarray, length: np.ndarray) -> "Run":
+        """Runs given by byte offsets in the source tensor, mapped onto the file's segments."""
+        if len(ranges.segments) == 1:
+            return cls(ranges.path, src_off + ranges.segments[0][0], out_off, length)
+        pieces = [(f, o + done, m) for s, o, n in zip(src_off.tolist(), out_off.tolist(), length.tolist())
+                  for done, (f, m) in _with_progress(ranges.locate(s, n))]
+        f, o, m = (np.array(c, dtype=np.int64) for c in zip(*pieces))
+        return cls(ranges.path, f, o, m)
+
+
+def _with_progress(pieces: Iterable[tuple[int, int]]) -> Iterable[tuple[int, tuple[int, int]]]:
+    done = 0
+    for off, n in pieces:
+        yield done, (off, n)
+        done += n
+
+
+@dataclass(frozen=True)
+class Scatter(_Windowed):
+    runs: tuple[Run, ...]
+    nbytes: int
+
+    def read_into(self, view: memoryview, start: int) -> None:
+        end = start + len(view)
+        for r in self.runs:
+            lo = int(np.searchsorted(r.out_end, start, side="right"))
+            hi = int(np.searchsorted(r.out_off, end, side="left"))
+            if lo >= hi:
+                continue
+            f, o, n = r.file_off[lo:hi].copy(), r.out_off[lo:hi] - start, r.length[lo:hi].copy()
+            if o[0] < 0:  # the first run starts before the window
+                f[0] -= o[0]
+                n[0] += o[0]
+                o[0] = 0
+            n[-1] -= max(0, int(o[-1] + n[-1]) - len(view))
+            _read_runs(r.path, view, f, o, n)
+
+
+def _read_runs(path: Path, view: memoryview, file_off: np.ndarray, dst: np.ndarray, length: np.ndarray) -> None:
+    """Read file runs into view[dst:dst+length]. Runs separated by small gaps share one preadv, the
+    gap bytes going to a scratch buffer: one syscall per 1024 runs instead of one per run."""
+    gaps = file_off[1:] - (file_off[:-1] + length[:-1])
+    cuts = (np.flatnonzero((gaps < 0) | (gaps > _MAX_GAP)) + 1).tolist()
+    gap_list, dst_list, len_list = gaps.tolist(), dst.tolist(), length.tolist()
+    scratch = _buffer("gap", _MAX_GAP)
+    with open(path, "rb", buffering=0) as src:
+        for a, b in zip([0, *cuts], [*cuts, len(dst_list)]):
+            iov = []
+            for i in range(a, b):
+                if i > a and gap_list[i - 1]:
+                    iov.append(scratch[:gap_list[i - 1]])
+                iov.append(view[dst_list[i]:dst_list[i] + len_list[i]])
+            offset = int(file_off[a])
+            for k in range(0, len(iov), _IOV_MAX):
+                group = iov[k:k + _IOV_MAX]
+                _pread_exact(src.fileno(), group, offset, path)
+                offset += sum(len(g) for g in group)
+
+
+@dataclass(frozen=True)
+class Cast(_Windowed):
+    inner: Payload
+    src: str
+    dst: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.inner.nbytes // dtype(self.src).itemsize * dtype(self.dst).itemsize
+
+    def read_into(self, view: memoryview, start: int) -> None:
+        si, di = dtype(self.src).itemsize, dtype(self.dst).itemsize
+        if start % di or len(view) % di:
+            raise ValueError("a cast reads whole elements only")
+        raw = _buffer("cast", len(view) // di * si)
+        self.inner.read_into(raw, start // di * si)
+        out = cast(np.frombuffer(raw, dtype=dtype(self.src).storage), self.src, self.dst)
+        view[:] = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
+
+
+@dataclass(frozen=True)
+class InMemory:
+    array: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def _flat(self) -> np.ndarray:
+        return np.ascontiguousarray(self.array).reshape(-1).view(np.uint8)
+
+    def read_into(self, view: memoryview, start: int) -> None:
+        view[:] = memoryview(self._flat()[start:start + len(view)])
+
+    def write_to(self, fd: int, start: int, length: int) -> None:
+        _write_all(fd, self._flat()[start:start + length])
 
 
 # "kernel": os.copy_file_range, bytes never enter the process. "buffered": pread into one reusable
 # buffer and write it out; RSS grows by the buffer only. Which is faster depends on the file system.
 COPY_MODE = os.environ.get("LLAMA_CONVERT_COPY", "kernel")
-_buffer: bytearray | None = None
 
 
 def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
@@ -72,16 +245,13 @@ def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
             except OSError:
                 done = 0  # e.g. EXDEV on old kernels, or a file system without support
         if done <= 0:
-            done = _buffered_copy(src_fd, offset, dst_fd, min(n, _CHUNK))
+            done = _buffered_copy(src_fd, offset, dst_fd, min(n, WINDOW))
         offset += done
         n -= done
 
 
 def _buffered_copy(src_fd: int, offset: int, dst_fd: int, n: int) -> int:
-    global _buffer
-    if _buffer is None:
-        _buffer = bytearray(_CHUNK)
-    view = memoryview(_buffer)[:n]
+    view = _buffer("copy", n)
     got = os.preadv(src_fd, [view], offset)
     if got <= 0:
         raise EOFError(f"source ended before offset {offset + n}")
@@ -91,43 +261,8 @@ def _buffered_copy(src_fd: int, offset: int, dst_fd: int, n: int) -> int:
 def _write_all(fd: int, data) -> int:
     view, total = memoryview(data).cast("B"), 0
     while total < len(view):
-        total += os.write(fd, view[total:total + _CHUNK])
+        total += os.write(fd, view[total:total + WINDOW])
     return total
-
-
-_IOV_MAX = 1024
-
-
-def gather(sources: list[tuple["FileRanges", list[tuple[int, int]]]], itemsize: int, nbytes: int) -> np.ndarray:
-    """Read each source's bytes, in file order, straight into the given runs of one new buffer.
-
-    sources: (contiguous file range, [(element offset in the buffer, element count), ...]).
-    """
-    out = np.empty(nbytes, dtype=np.uint8)
-    view = memoryview(out)
-    for ranges, runs in sources:
-        (offset, length), = ranges.segments
-        with open(ranges.path, "rb", buffering=0) as src:
-            for i in range(0, len(runs), _IOV_MAX):
-                iov = [view[a * itemsize:(a + n) * itemsize] for a, n in runs[i:i + _IOV_MAX]]
-                want = sum(len(b) for b in iov)
-                if os.preadv(src.fileno(), iov, offset) != want:
-                    raise EOFError(f"{ranges.path}: short read at offset {offset}")
-                offset += want
-    return out
-
-
-@dataclass(frozen=True)
-class InMemory:
-    array: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.array.nbytes)
-
-    def write_to(self, fd: int, start: int, length: int) -> None:
-        flat = np.ascontiguousarray(self.array).reshape(-1).view(np.uint8)
-        _write_all(fd, flat[start:start + length])
 
 
 def write_bytes(fd: int, data: bytes) -> None:

@@ -1,0 +1,84 @@
+"""Streaming: tensors are produced window by window, and where the windows fall never changes a byte.
+
+A real conversion uses 16 MiB windows, larger than any fixture tensor; these tests shrink the window
+so that windows start and end inside tensors, inside runs of a fused tensor, and across the slice
+boundaries of a sliced .ckpt, which is where an off-by-one would hide.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from converter import Options, convert_hf2ms, convert_ms2hf, ops, plan_hf2ms
+from converter.dtypes import cast
+from converter.errors import ConvertError
+from converter.execute import Materializer
+from converter.formats import payload
+from converter.formats.payload import read_all
+from test_bad_input import MHA, copy, edit_config, edit_weights
+from test_ms2hf import raw
+
+SRC = FIXTURES / "gqa-tied-bf16-sharded"
+SMALL_WINDOW = 40  # bytes: a multiple of every itemsize, far smaller than a row
+
+
+def weights(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.suffix in (".ckpt", ".safetensors")}
+
+
+@pytest.mark.parametrize("opts", [
+    Options(format="safetensors", qkv_concat=True),
+    Options(format="ckpt", qkv_concat=True, dtype="float16"),
+    Options(format="ckpt", qkv_concat=True, dtype="float32", ckpt_slice_bytes=1000),
+], ids=["st-qkv", "ckpt-qkv-fp16", "ckpt-qkv-fp32-sliced"])
+def test_small_windows_write_the_same_bytes_as_large_ones(tmp_path, monkeypatch, opts):
+    convert_hf2ms(SRC, tmp_path / "large", opts)
+    monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
+    convert_hf2ms(SRC, tmp_path / "small", opts)
+    assert weights(tmp_path / "small") == weights(tmp_path / "large")
+
+
+def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset():
+    plan = plan_hf2ms(SRC, Options(qkv_concat=True, dtype="float16"))
+    make, ctx = Materializer(plan), plan.op_context()
+    rng = np.random.default_rng(0)
+    fused = [pt for pt in plan.tensors if pt.op != "copy"]
+    assert {pt.op for pt in fused} == {"qkv_grouped", "gate_up_interleaved"}
+    for pt in fused:
+        refs = [plan.source.tensors[s] for s in pt.sources]
+        arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
+        expected = np.ascontiguousarray(ops.get(pt.op).forward(arrays, ctx)).reshape(-1).view(np.uint8)
+        got = make(pt)
+        assert np.array_equal(read_all(got), expected), pt.name
+        for _ in range(20):  # arbitrary element-aligned windows
+            a, b = sorted(rng.integers(0, expected.size // 2, size=2) * 2)
+            view = memoryview(bytearray(int(b - a)))
+            got.read_into(view, int(a))
+            assert bytes(view) == expected[a:b].tobytes(), (pt.name, a, b)
+
+
+def test_parts_of_sliced_fused_tensors_come_back_exactly(tmp_path, monkeypatch):
+    # w_qkv and w_gate_hidden cut into 1000-byte slices: their parts cross slice boundaries mid-run.
+    convert_hf2ms(SRC, tmp_path / "ms", Options(qkv_concat=True, ckpt_slice_bytes=1000))
+    monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
+    convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
+    back, orig = raw(tmp_path / "hf"), raw(SRC)
+    orig.pop("lm_head.weight", None)
+    assert back == orig
+
+
+def test_a_tied_lm_head_equal_to_the_embedding_except_its_last_element_is_refused(tmp_path, monkeypatch):
+    src = copy(MHA, tmp_path)
+    edit_config(src, tie_word_embeddings=True)
+    edit_weights(src, lambda state: state.update({"lm_head.weight": state["model.embed_tokens.weight"].clone()}))
+    monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
+    convert_hf2ms(src, tmp_path / "equal", Options())  # equal twins: the copy is dropped
+
+    def nudge_last(state):
+        state["lm_head.weight"].view(-1)[-1] += 1.0
+    edit_weights(src, nudge_last)
+    with pytest.raises(ConvertError, match="lm_head.weight differs from model.embed_tokens.weight"):
+        convert_hf2ms(src, tmp_path / "differs", Options())
