@@ -140,6 +140,14 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
     return sorted(tensors, key=position)
 
 
+def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
+    """The source file offset of a tensor that is copied unchanged from one contiguous range."""
+    ref = plan.source.tensors[pt.sources[0]]
+    if pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1:
+        return None
+    return ref.ranges.segments[0][0]
+
+
 def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
     make = Materializer(plan)
     done = hashes.submit if hashes else (lambda path: None)
@@ -152,7 +160,8 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
         return
     for shard, fname in enumerate(plan.weight_files):
         members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
-        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata)
+        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata,
+                                   [copied_from(plan, t) for t in members])
         for pt in members:
             writer.add(pt.name, make(pt))
         writer.close()
@@ -178,7 +187,9 @@ class Hashes:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._pool = ThreadPoolExecutor(max_workers=2) if enabled else None
+        # One worker per core (at least two): on a many-core host every file hashes at once, beside the copy.
+        workers = max(2, min(16, os.cpu_count() or 2))
+        self._pool = ThreadPoolExecutor(max_workers=workers) if enabled else None
         self._jobs: dict[Path, Future] = {}
 
     def submit(self, path: Path) -> None:

@@ -82,3 +82,16 @@ def test_a_tied_lm_head_equal_to_the_embedding_except_its_last_element_is_refuse
     edit_weights(src, nudge_last)
     with pytest.raises(ConvertError, match="lm_head.weight differs from model.embed_tokens.weight"):
         convert_hf2ms(src, tmp_path / "differs", Options())
+
+
+def test_copied_tensors_keep_their_offset_within_a_page(tmp_path):
+    # The kernel copies page-congruent ranges faster; safetensors allows padding the header for it.
+    from converter.formats.safetensors import read_header
+    convert_hf2ms(SRC, tmp_path / "out", Options(format="safetensors"))
+    for out_file in sorted((tmp_path / "out").glob("*.safetensors")):
+        source, _ = read_header(SRC / out_file.name)
+        written, _ = read_header(out_file)
+        big = max(source.values(), key=lambda r: r.nbytes)  # plain copies under the same name in MS
+        (src_off, _), = big.ranges.segments
+        same = [r for r in written.values() if r.ranges.segments[0][1] == big.nbytes and r.dtype == big.dtype]
+        assert any(r.ranges.segments[0][0] % 4096 == src_off % 4096 for r in same), out_file.name

@@ -5,6 +5,7 @@ tensor's bytes in header order, so nothing but the current tensor is ever in mem
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -64,23 +65,45 @@ def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
     return tensors, metadata
 
 
+_PAGE = 4096
+
+
+def _page_congruent_padding(header_len: int, tensors: list[tuple[int, int, int | None]]) -> int:
+    """Spaces to add to the header so that most bytes copied from a source land at the same offset
+    within a page as they had there. The kernel copies page-congruent ranges about 1.4x faster.
+
+    tensors: (offset in the data section, nbytes, offset in its source file or None when not copied).
+    """
+    votes: dict[int, int] = {}
+    for rel, nbytes, src in tensors:
+        if src is not None and (src - rel) % 8 == 0:  # the data section stays 8-byte aligned
+            residue = (src - rel) % _PAGE
+            votes[residue] = votes.get(residue, 0) + nbytes
+    if not votes:
+        return 0
+    residue = max(votes, key=votes.get)
+    return (residue - (8 + header_len)) % _PAGE
+
+
 class SafetensorsWriter:
     """Writes one safetensors file whose header is fixed up front by the plan."""
 
     def __init__(self, path: Path, entries: Iterable[tuple[str, str, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, source_offsets: Iterable[int | None] = ()):
         self.path = path
         header: dict = {"__metadata__": dict(metadata)} if metadata else {}
         self._order: list[tuple[str, int]] = []
-        offset = 0
-        for name, dt, shape in entries:
+        offset, layout = 0, []
+        for (name, dt, shape), src in itertools.zip_longest(entries, source_offsets):
             nbytes = math.prod(shape) * _dtype(dt).itemsize
             header[name] = {"dtype": _dtype(dt).safetensors, "shape": list(shape),
                             "data_offsets": [offset, offset + nbytes]}
             self._order.append((name, nbytes))
+            layout.append((offset, nbytes, src))
             offset += nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned, as the reference writer does
+        blob += b" " * _page_congruent_padding(len(blob), layout)  # the format allows trailing spaces
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         write_bytes(self._fd, struct.pack("<Q", len(blob)) + blob)
         self._next = 0
