@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__, ops
 from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
-from .formats.ckpt import SLICE_BYTES, CkptWriter
+from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from .formats.payload import Cast, InMemory, Payload, Run, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
@@ -152,7 +152,8 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
     make = Materializer(plan)
     done = hashes.submit if hashes else (lambda path: None)
     if plan.options.format == "ckpt":
-        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES)
+        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
+                            plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
         for pt in source_order(plan, plan.tensors):
             writer.add(pt.name, pt.dtype, pt.shape, make(pt))
         writer.close()

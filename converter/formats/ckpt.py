@@ -59,11 +59,38 @@ def value_prefix(name: str, ckpt_type: str, shape: tuple[int, ...], content_len:
     return _len_field(1, value_len) + value_head + tensor_head
 
 
+# Copies run fastest (3.1 vs 2.4 GB/s measured) when a tensor sits at the same offset modulo 64 KiB
+# in the source and the output, the size of the page cache's large folios. A .ckpt has no gaps to
+# spare, but protobuf parsers skip fields they do not know: a record of field 15, absent from
+# MindSpore's schema, pads large tensors into place. Small tensors are not worth the bytes.
+ALIGN = 64 << 10
+ALIGN_MIN_BYTES = 100 * ALIGN  # padding stays under 1% of what it speeds up
+_PAD_FIELD = 15
+
+
+def padding_record(size: int) -> bytes | None:
+    """A record of the unknown pad field that is exactly `size` bytes long, or None if none is."""
+    if size == 0:
+        return b""
+    key = _key(_PAD_FIELD, _LEN)
+    for len_bytes in (1, 2, 3):
+        n = size - len(key) - len_bytes
+        if n >= 0 and len(_varint(n)) == len_bytes:
+            return key + _varint(n) + bytes(n)
+    return None
+
+
 class CkptWriter:
-    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES):
+    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES, align_min_bytes: int = ALIGN_MIN_BYTES):
         self.path = path
         self.slice_bytes = slice_bytes
+        self.align_min_bytes = align_min_bytes
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pos = 0
+
+    def _write(self, data: bytes) -> None:
+        write_bytes(self._fd, data)
+        self._pos += len(data)
 
     def add(self, name: str, dt: str, shape: tuple[int, ...], payload: Payload) -> None:
         total = payload.nbytes
@@ -73,8 +100,14 @@ class CkptWriter:
         starts = range(0, total, step) if total else [0]
         for start in starts:
             length = min(step, total - start)
-            write_bytes(self._fd, value_prefix(name, _dtype(dt).ckpt, shape, length))
+            prefix = value_prefix(name, _dtype(dt).ckpt, shape, length)
+            if isinstance(payload, FileRanges) and length >= self.align_min_bytes:
+                (src, _), *_ = payload.locate(start, length)
+                want = (src - self._pos - len(prefix)) % ALIGN
+                self._write(padding_record(want) or padding_record(want + ALIGN))
+            self._write(prefix)
             payload.write_to(self._fd, start, length)
+            self._pos += length
 
     def close(self) -> None:
         os.close(self._fd)
@@ -130,8 +163,9 @@ def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
                 break
             r.f.seek(start)
             key = r.varint(r.size)
-            if key != (1 << 3 | _LEN):
-                raise r.corrupt("expected a Checkpoint.value entry")
+            if key != (1 << 3 | _LEN):  # a field Checkpoint does not define, e.g. our padding: skip it
+                r.skip(key & 7, r.size)
+                continue
             end = r.varint(r.size) + r.f.tell()
             if end > r.size:
                 raise r.corrupt(f"entry needs {end} bytes, file has {r.size}")
