@@ -43,7 +43,10 @@ _scratch: dict[str, bytearray] = {}
 
 
 def _buffer(purpose: str, size: int) -> memoryview:
-    """A reusable buffer per purpose: fresh allocations would be zero-filled by the kernel every time."""
+    """A reusable buffer per purpose: fresh allocations would be zero-filled by the kernel every time.
+    Whole-tensor reads (verify, diff) get a buffer of their own, so the process does not keep it."""
+    if size > 8 * WINDOW:
+        return memoryview(bytearray(size))
     buf = _scratch.get(purpose)
     if buf is None or len(buf) < size:
         buf = _scratch[purpose] = bytearray(size)
