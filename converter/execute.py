@@ -21,7 +21,7 @@ from . import __version__, ops
 from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
 from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
-from .formats.payload import Cast, InMemory, Payload, Run, Scatter, same_bytes
+from .formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
 
@@ -69,12 +69,12 @@ class Materializer:
             runs = []
             for ref, placed in zip(refs, op.placement([r.shape for r in refs], ctx)):
                 at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
-                runs.append(Run.of(ref.ranges, _exclusive_cumsum(count), at, count))
+                runs.append(Runs.of(ref.ranges, _exclusive_cumsum(count), at, count))
             return Scatter(tuple(runs), sum(r.nbytes for r in refs))
         (ref,) = refs  # backward: one part of a fused tensor, its runs gathered in order
         placed = op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part]
         at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
-        return Scatter((Run.of(ref.ranges, at, _exclusive_cumsum(count), count),), int(count.sum()))
+        return Scatter((Runs.of(ref.ranges, at, _exclusive_cumsum(count), count),), int(count.sum()))
 
     def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
         op, ctx = ops.get(pt.op), self.plan.op_context()
@@ -155,7 +155,7 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
                             plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
         for pt in source_order(plan, plan.tensors):
-            writer.add(pt.name, pt.dtype, pt.shape, make(pt))
+            writer.add(pt.name, pt.dtype, pt.shape, make(pt), copied_from(plan, pt))
         writer.close()
         done(writer.path)
         return

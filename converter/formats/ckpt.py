@@ -92,7 +92,9 @@ class CkptWriter:
         write_bytes(self._fd, data)
         self._pos += len(data)
 
-    def add(self, name: str, dt: str, shape: tuple[int, ...], payload: Payload) -> None:
+    def add(self, name: str, dt: str, shape: tuple[int, ...], payload: Payload,
+            source_offset: int | None = None) -> None:
+        """source_offset: where the payload starts in its source file when it is copied unchanged."""
         total = payload.nbytes
         # Slices end on element boundaries, like MindSpore's np.array_split of the tensor.
         item = _dtype(dt).itemsize
@@ -101,9 +103,8 @@ class CkptWriter:
         for start in starts:
             length = min(step, total - start)
             prefix = value_prefix(name, _dtype(dt).ckpt, shape, length)
-            if isinstance(payload, FileRanges) and length >= self.align_min_bytes:
-                (src, _), *_ = payload.locate(start, length)
-                want = (src - self._pos - len(prefix)) % ALIGN
+            if source_offset is not None and length >= self.align_min_bytes:
+                want = (source_offset + start - self._pos - len(prefix)) % ALIGN
                 self._write(padding_record(want) or padding_record(want + ALIGN))
             self._write(prefix)
             payload.write_to(self._fd, start, length)

@@ -127,7 +127,7 @@ class FileRanges:
 
 
 @dataclass(frozen=True)
-class Run:
+class Runs:
     """Runs of one source file that land in an assembled tensor; arrays sorted by both offsets."""
     path: Path
     file_off: np.ndarray
@@ -139,7 +139,7 @@ class Run:
         return self.out_off + self.length
 
     @classmethod
-    def of(cls, ranges: FileRanges, src_off: np.ndarray, out_off: np.ndarray, length: np.ndarray) -> "Run":
+    def of(cls, ranges: FileRanges, src_off: np.ndarray, out_off: np.ndarray, length: np.ndarray) -> "Runs":
         """Runs given by byte offsets in the source tensor, mapped onto the file's segments."""
         if len(ranges.segments) == 1:
             return cls(ranges.path, src_off + ranges.segments[0][0], out_off, length)
@@ -158,7 +158,7 @@ def _with_progress(pieces: Iterable[tuple[int, int]]) -> Iterable[tuple[int, tup
 
 @dataclass(frozen=True)
 class Scatter(_Windowed):
-    runs: tuple[Run, ...]
+    runs: tuple[Runs, ...]
     nbytes: int
 
     def read_into(self, view: memoryview, start: int) -> None:
@@ -238,7 +238,7 @@ class InMemory:
 
 # "kernel": os.copy_file_range, bytes never enter the process. "buffered": pread into one reusable
 # buffer and write it out. Which is faster depends on the file system; here the kernel path was
-# both faster and steadier under load, even though source and output offsets rarely line up.
+# both faster and steadier under load.
 COPY_MODE = os.environ.get("LLAMA_CONVERT_COPY", "kernel")
 
 
