@@ -1,6 +1,6 @@
 """Streaming: tensors are produced window by window, and where the windows fall never changes a byte.
 
-A real conversion uses 16 MiB windows, larger than any fixture tensor; these tests shrink the window
+A real conversion uses 1 MiB windows, larger than any fixture tensor; these tests shrink the window
 so that windows start and end inside tensors, inside runs of a fused tensor, and across the slice
 boundaries of a sliced .ckpt, which is where an off-by-one would hide.
 """
