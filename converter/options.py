@@ -19,7 +19,7 @@ class Options:
     device: str = "Ascend"                 # kernel settings written into the YAML
     table: str = "llama"
     ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
-    ckpt_align_min_bytes: int | None = None  # None: copied tensors from 6.25 MiB up are padded into alignment
+    ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
     hash: bool = True                      # sha256 of every input and output file in conversion.json
 
     def as_dict(self) -> dict:

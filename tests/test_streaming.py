@@ -17,7 +17,7 @@ from converter.dtypes import cast
 from converter.errors import ConvertError
 from converter.execute import Materializer
 from converter.formats import payload
-from converter.formats.payload import read_all
+from converter.formats.payload import PAGE, read_all
 from test_bad_input import MHA, copy, edit_config, edit_weights
 from test_ms2hf import raw
 
@@ -84,8 +84,8 @@ def test_a_tied_lm_head_equal_to_the_embedding_except_its_last_element_is_refuse
         convert_hf2ms(src, tmp_path / "differs", Options())
 
 
-def test_copied_tensors_keep_their_offset_modulo_64_kib(tmp_path):
-    # The kernel copies ranges congruent modulo 64 KiB faster; safetensors allows padding the header.
+def test_copied_tensors_keep_their_offset_modulo_the_page(tmp_path):
+    # The kernel copies page-congruent ranges faster; safetensors allows padding the header.
     from converter.formats.safetensors import read_header
     convert_hf2ms(SRC, tmp_path / "out", Options(format="safetensors"))
     for out_file in sorted((tmp_path / "out").glob("*.safetensors")):
@@ -94,7 +94,7 @@ def test_copied_tensors_keep_their_offset_modulo_64_kib(tmp_path):
         big = max(source.values(), key=lambda r: r.nbytes)  # plain copies under the same name in MS
         (src_off, _), = big.ranges.segments
         same = [r for r in written.values() if r.ranges.segments[0][1] == big.nbytes and r.dtype == big.dtype]
-        assert any(r.ranges.segments[0][0] % 65536 == src_off % 65536 for r in same), out_file.name
+        assert any(r.ranges.segments[0][0] % PAGE == src_off % PAGE for r in same), out_file.name
 
 
 @pytest.mark.parametrize("slice_bytes", [None, 10_000], ids=["whole", "sliced"])
@@ -116,7 +116,7 @@ def test_padded_ckpt_loads_in_mindspore_exactly_like_an_unpadded_one(tmp_path, m
         np.testing.assert_array_equal(a[name].asnumpy(), b[name].asnumpy())
 
 
-def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_64_kib(tmp_path):
+def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(tmp_path):
     from converter.formats import ckpt
     from converter.formats.safetensors import read_header
     src = FIXTURES / "mha-untied-fp32"
@@ -125,6 +125,6 @@ def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_64_kib(tm
     written = {r.name: r for r in ckpt.scan(tmp_path / "ms" / "model.ckpt")[0]}
     src_off = source["model.embed_tokens.weight"].ranges.segments[0][0]
     out_off = written["model.tok_embeddings.embedding_weight"].ranges.segments[0][0]
-    assert out_off % 65536 == src_off % 65536
+    assert out_off % PAGE == src_off % PAGE
     convert_ms2hf(tmp_path / "ms", tmp_path / "hf")  # and our own reader skips the padding
     assert raw(tmp_path / "hf") == raw(src)
