@@ -7,6 +7,7 @@ failure leaves no directory that looks complete.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -14,8 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from . import __version__, ops
 from .dtypes import cast, dtype as dtype_info
@@ -24,6 +24,9 @@ from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from .formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
 from .plan import Plan, PlannedTensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -68,13 +71,12 @@ class Materializer:
         if pt.part is None:  # forward: each source's runs, in source order, land at their output offsets
             runs = []
             for ref, placed in zip(refs, op.placement([r.shape for r in refs], ctx)):
-                at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
-                runs.append(Runs.of(ref.ranges, _exclusive_cumsum(count), at, count))
+                at, count = _bytes(placed, item)
+                runs.append(Runs.of(ref.ranges, _starts(count), at, count))
             return Scatter(tuple(runs), sum(r.nbytes for r in refs))
         (ref,) = refs  # backward: one part of a fused tensor, its runs gathered in order
-        placed = op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part]
-        at, count = (np.array(c, dtype=np.int64) * item for c in zip(*placed))
-        return Scatter((Runs.of(ref.ranges, at, _exclusive_cumsum(count), count),), int(count.sum()))
+        at, count = _bytes(op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part], item)
+        return Scatter((Runs.of(ref.ranges, at, _starts(count), count),), sum(count))
 
     def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
         op, ctx = ops.get(pt.op), self.plan.op_context()
@@ -86,8 +88,14 @@ class Materializer:
         return InMemory(self._split[1][pt.part])
 
 
-def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+def _bytes(placed: list[tuple[int, int]], item: int) -> tuple[list[int], list[int]]:
+    """A placement's (element offset, element count) runs as byte offsets and byte counts."""
+    return [at * item for at, _ in placed], [n * item for _, n in placed]
+
+
+def _starts(counts: list[int]) -> list[int]:
+    """Where each run starts when the runs are laid end to end."""
+    return [0, *itertools.accumulate(counts[:-1])]
 
 
 def check_twins(plan: Plan) -> None:

@@ -66,11 +66,16 @@ class Table:
         return self.data.get("tied_twins", {})
 
 
+def safe_yaml(text: str | bytes):
+    """yaml.safe_load, through libyaml when PyYAML has it: 2 ms instead of 15 for our table."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_table(name: str = DEFAULT_TABLE) -> Table:
     path = Path(name) if name.endswith((".yaml", ".yml")) else tables_dir() / f"{name}.yaml"
     try:
         raw = path.read_bytes()
-        data = yaml.safe_load(raw)
+        data = safe_yaml(raw)
     except FileNotFoundError:
         raise ConvertError(path, "mapping table not found") from None
     except yaml.YAMLError as e:

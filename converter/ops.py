@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 Shape = tuple[int, ...]
 
@@ -52,6 +53,7 @@ def _qkv_forward(xs, ctx):
     rest = q.shape[1:]
     d = k.shape[0] // groups
     parts = [q.reshape(groups, per * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest)]
+    import numpy as np
     return np.concatenate(parts, axis=1).reshape(-1, *rest)
 
 
@@ -60,8 +62,8 @@ def _qkv_inverse(w, ctx):
     rest = w.shape[1:]
     d = w.shape[0] // (groups * (per + 2))
     g = w.reshape(groups, (per + 2) * d, *rest)
-    q, k, v = np.split(g, [per * d, (per + 1) * d], axis=1)
-    return [np.ascontiguousarray(t).reshape(-1, *rest) for t in (q, k, v)]
+    q, k, v = g[:, :per * d], g[:, per * d:(per + 1) * d], g[:, (per + 1) * d:]
+    return [t.copy().reshape(-1, *rest) for t in (q, k, v)]
 
 
 def _qkv_in_shapes(shape, ctx):
@@ -90,12 +92,13 @@ def _gate_up_placement(shapes, ctx):
 def _gate_up_forward(xs, ctx):
     # MindFormers' w_gate_hidden: row j of gate, then row j of up, for every j.
     gate, up = xs
+    import numpy as np
     return np.stack([gate, up], axis=1).reshape(-1, *gate.shape[1:])
 
 
 def _gate_up_inverse(w, ctx):
     pair = w.reshape(-1, 2, *w.shape[1:])
-    return [np.ascontiguousarray(pair[:, 0]), np.ascontiguousarray(pair[:, 1])]
+    return [pair[:, 0].copy(), pair[:, 1].copy()]
 
 
 def _sum_rows(shapes, ctx):

@@ -17,7 +17,7 @@ from .dtypes import FLOATS
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
 from .formats.tensor import TensorRef
-from .mapping import Table, eval_dim, holds, layer_names, load_table
+from .mapping import Table, eval_dim, holds, layer_names, load_table, safe_yaml
 from .options import Options
 from .plan import Plan, PlannedTensor, assign_shards, refuse_mismatch
 from .source import TOKENIZER_FILES, HFSource
@@ -27,7 +27,7 @@ DEFAULT_SHARD = 5 * 10**9
 
 def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text())
         mc = dict(data["model"]["model_config"])
     except FileNotFoundError:
         raise ConvertError(path, "MindFormers YAML not found", hint) from None

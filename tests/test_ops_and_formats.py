@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from converter import ops
-from converter.dtypes import cast
+from converter.dtypes import cast, cast_bytes
 from converter.formats import ckpt, safetensors as st_format
 from converter.formats.payload import InMemory
 
@@ -85,6 +85,13 @@ def test_bf16_nan_stays_nan():
     got = cast(np.array([np.nan], np.float32), "float32", "bfloat16")
     back = cast(got, "bfloat16", "float32")
     assert np.isnan(back[0])
+
+
+def test_bf16_widening_on_raw_bytes_matches_torch_for_every_bit_pattern():
+    every = np.arange(1 << 16, dtype=np.uint16)
+    want = torch.from_numpy(every.view(np.int16)).view(torch.bfloat16).to(torch.float32).numpy()
+    got = np.frombuffer(cast_bytes(memoryview(every).cast("B"), "bfloat16", "float32"), np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_safetensors_writer_output_reads_back_with_the_reference_library(tmp_path):

@@ -12,15 +12,17 @@ from a 1B to a 405B model.
 """
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
-import numpy as np
+from ..dtypes import cast_bytes, dtype
 
-from ..dtypes import cast, dtype
+if TYPE_CHECKING:
+    import numpy as np
 
 # 1 MiB: a multiple of every itemsize, so windows end on element boundaries, and small enough to stay
 # in the CPU cache between the read and the write (16 MiB windows ran 1.5-2x slower and erratically).
@@ -55,6 +57,7 @@ def _buffer(purpose: str, size: int) -> memoryview:
 
 def read_all(payload: Payload) -> np.ndarray:
     """The whole payload as a new uint8 array."""
+    import numpy as np
     out = np.empty(payload.nbytes, dtype=np.uint8)
     if payload.nbytes:
         payload.read_into(memoryview(out), 0)
@@ -128,24 +131,26 @@ class FileRanges:
 
 @dataclass(frozen=True)
 class Runs:
-    """Runs of one source file that land in an assembled tensor; arrays sorted by both offsets."""
+    """Runs of one source file that land in an assembled tensor: run i is length[i] bytes at file_off[i],
+    placed at out_off[i]. Sorted by both offsets. Plain lists: a window touches a few hundred runs."""
     path: Path
-    file_off: np.ndarray
-    out_off: np.ndarray
-    length: np.ndarray
+    file_off: list[int]
+    out_off: list[int]
+    length: list[int]
 
     @cached_property
-    def out_end(self) -> np.ndarray:
-        return self.out_off + self.length
+    def out_end(self) -> list[int]:
+        return [o + n for o, n in zip(self.out_off, self.length)]
 
     @classmethod
-    def of(cls, ranges: FileRanges, src_off: np.ndarray, out_off: np.ndarray, length: np.ndarray) -> "Runs":
+    def of(cls, ranges: FileRanges, src_off: list[int], out_off: list[int], length: list[int]) -> "Runs":
         """Runs given by byte offsets in the source tensor, mapped onto the file's segments."""
         if len(ranges.segments) == 1:
-            return cls(ranges.path, src_off + ranges.segments[0][0], out_off, length)
-        pieces = [(f, o + done, m) for s, o, n in zip(src_off.tolist(), out_off.tolist(), length.tolist())
+            base = ranges.segments[0][0]
+            return cls(ranges.path, [base + s for s in src_off], list(out_off), list(length))
+        pieces = [(f, o + done, m) for s, o, n in zip(src_off, out_off, length)
                   for done, (f, m) in _with_progress(ranges.locate(s, n))]
-        f, o, m = (np.array(c, dtype=np.int64) for c in zip(*pieces))
+        f, o, m = (list(c) for c in zip(*pieces))
         return cls(ranges.path, f, o, m)
 
 
@@ -164,38 +169,42 @@ class Scatter(_Windowed):
     def read_into(self, view: memoryview, start: int) -> None:
         end = start + len(view)
         for r in self.runs:
-            lo = int(np.searchsorted(r.out_end, start, side="right"))
-            hi = int(np.searchsorted(r.out_off, end, side="left"))
+            lo = bisect.bisect_right(r.out_end, start)
+            hi = bisect.bisect_left(r.out_off, end)
             if lo >= hi:
                 continue
-            f, o, n = r.file_off[lo:hi].copy(), r.out_off[lo:hi] - start, r.length[lo:hi].copy()
+            f, o, n = r.file_off[lo:hi], [x - start for x in r.out_off[lo:hi]], r.length[lo:hi]
             if o[0] < 0:  # the first run starts before the window
                 f[0] -= o[0]
                 n[0] += o[0]
                 o[0] = 0
-            n[-1] -= max(0, int(o[-1] + n[-1]) - len(view))
+            n[-1] -= max(0, o[-1] + n[-1] - len(view))
             _read_runs(r.path, view, f, o, n)
 
 
-def _read_runs(path: Path, view: memoryview, file_off: np.ndarray, dst: np.ndarray, length: np.ndarray) -> None:
+def _read_runs(path: Path, view: memoryview, file_off: list[int], dst: list[int], length: list[int]) -> None:
     """Read file runs into view[dst:dst+length]. Runs separated by small gaps share one preadv, the
     gap bytes going to a scratch buffer: one syscall per 1024 runs instead of one per run."""
-    gaps = file_off[1:] - (file_off[:-1] + length[:-1])
-    cuts = (np.flatnonzero((gaps < 0) | (gaps > _MAX_GAP)) + 1).tolist()
-    gap_list, dst_list, len_list = gaps.tolist(), dst.tolist(), length.tolist()
     scratch = _buffer("gap", _MAX_GAP)
     with open(path, "rb", buffering=0) as src:
-        for a, b in zip([0, *cuts], [*cuts, len(dst_list)]):
-            iov = []
-            for i in range(a, b):
-                if i > a and gap_list[i - 1]:
-                    iov.append(scratch[:gap_list[i - 1]])
-                iov.append(view[dst_list[i]:dst_list[i] + len_list[i]])
-            offset = int(file_off[a])
+        start = 0
+        while start < len(dst):
+            iov, offset, i = [], file_off[start], start
+            while True:
+                iov.append(view[dst[i]:dst[i] + length[i]])
+                i += 1
+                if i == len(dst):
+                    break
+                gap = file_off[i] - (file_off[i - 1] + length[i - 1])
+                if not 0 <= gap <= _MAX_GAP:
+                    break
+                if gap:
+                    iov.append(scratch[:gap])
             for k in range(0, len(iov), _IOV_MAX):
                 group = iov[k:k + _IOV_MAX]
                 _pread_exact(src.fileno(), group, offset, path)
                 offset += sum(len(g) for g in group)
+            start = i
 
 
 @dataclass(frozen=True)
@@ -214,8 +223,7 @@ class Cast(_Windowed):
             raise ValueError("a cast reads whole elements only")
         raw = _buffer("cast", len(view) // di * si)
         self.inner.read_into(raw, start // di * si)
-        out = cast(np.frombuffer(raw, dtype=dtype(self.src).storage), self.src, self.dst)
-        view[:] = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
+        view[:] = cast_bytes(raw, self.src, self.dst)
 
 
 @dataclass(frozen=True)
@@ -226,11 +234,14 @@ class InMemory:
     def nbytes(self) -> int:
         return int(self.array.nbytes)
 
-    def _flat(self) -> np.ndarray:
-        return np.ascontiguousarray(self.array).reshape(-1).view(np.uint8)
+    def _flat(self) -> memoryview:
+        if not self.array.size:
+            return memoryview(b"")
+        a = self.array if self.array.flags.c_contiguous else self.array.copy(order="C")
+        return memoryview(a).cast("B")
 
     def read_into(self, view: memoryview, start: int) -> None:
-        view[:] = memoryview(self._flat()[start:start + len(view)])
+        view[:] = self._flat()[start:start + len(view)]
 
     def write_to(self, fd: int, start: int, length: int) -> None:
         _write_all(fd, self._flat()[start:start + length])

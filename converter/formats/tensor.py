@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..dtypes import dtype as _dtype
 from .payload import FileRanges, InMemory, Payload
@@ -37,4 +38,5 @@ class TensorRef:
         if self.ranges is not None:
             return self.ranges.read().view(storage).reshape(self.shape)
         assert self.loader is not None
-        return np.ascontiguousarray(self.loader()).view(storage).reshape(self.shape)
+        data = self.loader()
+        return (data if data.flags.c_contiguous else data.copy(order="C")).view(storage).reshape(self.shape)
