@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,52 +158,74 @@ def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
 
 
 def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
+    hashes = hashes or Hashes(False)
     make = Materializer(plan)
-    done = hashes.submit if hashes else (lambda path: None)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
                             plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
+        hashes.follow(writer.path)
         for pt in source_order(plan, plan.tensors):
             writer.add(pt.name, pt.dtype, pt.shape, make(pt), copied_from(plan, pt))
         writer.close()
-        done(writer.path)
+        hashes.submit(writer.path)
         return
     for shard, fname in enumerate(plan.weight_files):
         members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
         writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata,
                                    [copied_from(plan, t) for t in members])
+        hashes.follow(writer.path)
         for pt in members:
             writer.add(pt.name, make(pt))
         writer.close()
-        done(writer.path)
+        hashes.submit(writer.path)
     if len(plan.weight_files) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, complete: threading.Event | None = None) -> str:
+    """sha256 of a file; with `complete`, of a file still being appended to, read behind the writer
+    until `complete` is set and the end is reached."""
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(8 << 20)
         view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])  # hashlib releases the GIL here, so hashes run beside the copying
-    return h.hexdigest()
+        while True:
+            finished = complete is None or complete.is_set()  # before the read: no byte written before is missed
+            if n := f.readinto(buf):
+                h.update(view[:n])  # hashlib releases the GIL here, so hashes run beside the copying
+            elif finished:
+                return h.hexdigest()
+            else:
+                complete.wait(0.005)
 
 
 class Hashes:
-    """sha256 of files, computed on worker threads while the main thread goes on writing."""
+    """sha256 of files, computed on worker threads while the main thread goes on writing. An output
+    file is hashed as it grows, so that hashing a 2.4 GB .ckpt does not start only when it is closed."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         # One worker per core (at least two): on a many-core host every file hashes at once, beside the copy.
         workers = max(2, min(16, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=workers) if enabled else None
+        # Followers wait on the writer: queued behind whole-file hashes they would start too late.
+        self._followers = ThreadPoolExecutor(max_workers=workers) if enabled else None
         self._jobs: dict[Path, Future] = {}
+        self._growing: dict[Path, threading.Event] = {}
+
+    def follow(self, path: Path) -> None:
+        """Start hashing a file that is being written by appends only; submit() says when it is complete."""
+        if self.enabled and path not in self._jobs:
+            self._growing[path] = threading.Event()
+            self._jobs[path] = self._followers.submit(sha256_of, path, self._growing[path])
 
     def submit(self, path: Path) -> None:
-        if self.enabled and path not in self._jobs:
+        """The file is complete: hash it, or let its follower finish."""
+        if path in self._growing:
+            self._growing[path].set()
+        elif self.enabled and path not in self._jobs:
             self._jobs[path] = self._pool.submit(sha256_of, path)
 
     def record(self, path: Path, name: str | None = None) -> dict:
@@ -211,8 +234,11 @@ class Hashes:
         return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest}
 
     def close(self) -> None:
-        if self._pool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for complete in self._growing.values():
+            complete.set()  # a failed run must not leave followers polling
+        for pool in (self._pool, self._followers):
+            if pool:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -128,3 +128,19 @@ def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(
     assert out_off % PAGE == src_off % PAGE
     convert_ms2hf(tmp_path / "ms", tmp_path / "hf")  # and our own reader skips the padding
     assert raw(tmp_path / "hf") == raw(src)
+
+
+def test_an_output_hashed_while_it_grows_gets_the_sha256_of_the_finished_file(tmp_path):
+    import hashlib
+    import time
+    from converter.execute import Hashes
+    path, chunks = tmp_path / "growing.bin", [bytes([i]) * (1000 + 37 * i) for i in range(60)]
+    hashes = Hashes(True)
+    with open(path, "wb", buffering=0) as out:
+        hashes.follow(path)
+        for chunk in chunks:  # the follower catches up with the writer and waits, over and over
+            out.write(chunk)
+            time.sleep(0.001)
+    hashes.submit(path)
+    assert hashes.record(path)["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
+    hashes.close()
