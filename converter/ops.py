@@ -48,12 +48,12 @@ def _qkv_parts(ctx: OpContext) -> tuple[int, int]:
 
 def _qkv_forward(xs, ctx):
     # MindFormers' w_qkv: for each KV head, its group of query heads, then its key head, then its value head.
+    import numpy as np  # here, not at the top: a conversion that streams never calls forward
     q, k, v = xs
     groups, per = _qkv_parts(ctx)
     rest = q.shape[1:]
     d = k.shape[0] // groups
     parts = [q.reshape(groups, per * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest)]
-    import numpy as np
     return np.concatenate(parts, axis=1).reshape(-1, *rest)
 
 
@@ -91,8 +91,8 @@ def _gate_up_placement(shapes, ctx):
 
 def _gate_up_forward(xs, ctx):
     # MindFormers' w_gate_hidden: row j of gate, then row j of up, for every j.
-    gate, up = xs
     import numpy as np
+    gate, up = xs
     return np.stack([gate, up], axis=1).reshape(-1, *gate.shape[1:])
 
 

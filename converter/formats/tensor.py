@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-if TYPE_CHECKING:
-    import numpy as np
-
 from ..dtypes import dtype as _dtype
 from .payload import FileRanges, InMemory, Payload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
