@@ -84,22 +84,15 @@ def test_gate_and_up_swapped_in_w_gate_hidden_are_located(ms, tmp_path):
     assert fails_at(GQA, out) == "layer.1"
 
 
-def test_norm_weight_off_by_1e_2_is_located(ms, tmp_path):
+@pytest.mark.parametrize("norm, where", [("model.layers.1.ffn_norm.weight", "layer.1"),
+                                         ("model.norm_out.weight", "final_norm")])
+def test_norm_weight_off_by_1e_2_is_located(ms, tmp_path, norm, where):
     out = converted(tmp_path, qkv=False)
 
     def nudge(a):
-        a["model.layers.1.ffn_norm.weight"] = a["model.layers.1.ffn_norm.weight"] + np.float32(1e-2)
+        a[norm] = a[norm] + np.float32(1e-2)
     rewrite(ms, out, nudge)
-    assert fails_at(GQA, out) == "layer.1"
-
-
-def test_final_norm_off_is_located(ms, tmp_path):
-    out = converted(tmp_path, qkv=False)
-
-    def nudge(a):
-        a["model.norm_out.weight"] = a["model.norm_out.weight"] + np.float32(1e-2)
-    rewrite(ms, out, nudge)
-    assert fails_at(GQA, out) == "final_norm"
+    assert fails_at(GQA, out) == where
 
 
 def test_wrong_theta_in_yaml_is_located(tmp_path):
