@@ -6,6 +6,7 @@ a corrupt checkpoint unless someone says what it is. Every reader goes through h
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -96,4 +97,37 @@ def read_small(path: Path, what: str = "file", missing_hint: str | None = None,
             raise _os_error(path, e, what, missing_hint) from None
     if len(data) > limit:
         raise ConvertError(path, f"{what} grew past {limit >> 20} MiB while being read")
+    return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    # json keeps the last of a repeated key, silently picking one of two tensor entries or config values.
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json_object(raw: bytes, path: Path, what: str, hint: str | None = None) -> dict:
+    """A UTF-8 JSON object with no repeated keys at any level, or one ConvertError saying why not."""
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as e:
+        raise ConvertError(path, f"{what} is not UTF-8 text (byte {e.start})", hint) from None
+    except _DuplicateKey as e:
+        raise ConvertError(path, f"{what} has the key {e.args[0]!r} more than once, so which value is meant is "
+                           "ambiguous", hint) from None
+    except RecursionError:
+        raise ConvertError(path, f"{what} is nested too deeply to be what it claims", hint) from None
+    except ValueError as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ConvertError(path, f"{what} is not valid JSON{where}", hint) from None
+    if not isinstance(data, dict):
+        raise ConvertError(path, f"{what} must hold a JSON object, not {type(data).__name__}", hint)
     return data

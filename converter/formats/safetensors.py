@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..dtypes import BY_SAFETENSORS, dtype as _dtype
 from ..errors import ConvertError
-from .files import check_not_lfs_pointer, open_input
+from .files import check_not_lfs_pointer, open_input, parse_json_object
 from .payload import PAGE, FileRanges, Payload, write_bytes
 from .tensor import TensorRef
 
@@ -23,39 +23,6 @@ from .tensor import TensorRef
 # that a file it would reject is never converted here.
 _MAX_HEADER = 100_000_000
 _BAD = "the file is corrupt or was not written by a safetensors writer; re-download or re-copy it"
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    # json keeps the last of a repeated key; for a tensor name that silently picks one of two entries.
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def parse_json_object(raw: bytes, path: Path, what: str, hint: str | None = None) -> dict:
-    """A UTF-8 JSON object with no repeated keys at any level, or one ConvertError saying why not."""
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except UnicodeDecodeError as e:
-        raise ConvertError(path, f"{what} is not UTF-8 text (byte {e.start})", hint) from None
-    except _DuplicateKey as e:
-        raise ConvertError(path, f"{what} has the key {e.args[0]!r} more than once, so which value is meant is "
-                           "ambiguous", hint) from None
-    except RecursionError:
-        raise ConvertError(path, f"{what} is nested too deeply to be what it claims", hint) from None
-    except ValueError as e:
-        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
-        raise ConvertError(path, f"{what} is not valid JSON{where}", hint) from None
-    if not isinstance(data, dict):
-        raise ConvertError(path, f"{what} must hold a JSON object, not {type(data).__name__}", hint)
-    return data
 
 
 def _is_count(x: object) -> bool:
