@@ -21,10 +21,10 @@ def _torch():
 
 
 def read_bin(path: Path) -> dict[str, TensorRef]:
-    torch = _torch()
     path = Path(path)
     with open_input(path, "PyTorch checkpoint") as f:  # refuses FIFOs and devices before torch opens it
         check_not_lfs_pointer(path, f)
+    torch = _torch()
     state = _load(torch, path)
     if not isinstance(state, dict):
         raise ConvertError(path, f"is not a state dict: it holds a {type(state).__name__}, not a dict of tensors",
@@ -32,11 +32,11 @@ def read_bin(path: Path) -> dict[str, TensorRef]:
     refs = {}
     for name, t in state.items():
         if not isinstance(name, str):
-            raise ConvertError(path, f"state dict key {name!r:.60} is a {type(name).__name__}, not a tensor name",
+            raise ConvertError(path, f"state dict key {name!r:.60} ({type(name).__name__}) is not a tensor name",
                                "the file is not a model's state dict")
         if not isinstance(t, torch.Tensor):
             nested = " (nested state dicts are not supported: save the inner one)" if isinstance(t, dict) else ""
-            raise ConvertError(path, f"entry {name!r} is a {type(t).__name__}, not a tensor{nested}",
+            raise ConvertError(path, f"entry {name!r} is not a tensor ({type(t).__name__}){nested}",
                                "the file is not a plain state dict of tensors")
         dt = BY_TORCH.get(str(t.dtype).removeprefix("torch."))
         if dt is None:
