@@ -16,6 +16,7 @@ from .config_rules import Translation, translate_back
 from .dtypes import FLOATS
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
+from .formats.files import check_regular, read_small
 from .formats.tensor import TensorRef
 from .mapping import Table, eval_dim, holds, layer_names, load_table, safe_yaml
 from .options import Options
@@ -27,7 +28,7 @@ DEFAULT_SHARD = 5 * 10**9
 
 def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> dict:
     try:
-        data = safe_yaml(path.read_text())
+        data = safe_yaml(read_small(path, "MindFormers YAML", hint))
         mc = dict(data["model"]["model_config"])
     except FileNotFoundError:
         raise ConvertError(path, "MindFormers YAML not found", hint) from None
@@ -45,11 +46,11 @@ def ms_checkpoint_files(path: Path) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise ConvertError(path, "not found")
-    if not path.is_dir():
-        return [path]
-    files = sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors"))
+    files = [path] if not path.is_dir() else sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors"))
     if not files:
         raise ConvertError(path, "no .ckpt or .safetensors checkpoint found")
+    for f in files:  # a FIFO or a directory named model.ckpt is refused by name, before any is read
+        check_regular(f, "checkpoint file")
     return files
 
 

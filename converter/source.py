@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ConvertError
 from .formats import safetensors as st
+from .formats.files import check_regular, parse_json_object, read_small
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
 
@@ -42,20 +43,7 @@ class HFSource:
 
 
 def load_json(path: Path, what: str = "JSON file") -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConvertError(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConvertError(path, f"cannot read {what}: {e}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConvertError(path, f"{what} is not valid JSON ({e.msg} at line {e.lineno})",
-                           "the file is truncated or corrupt") from None
-    if not isinstance(data, dict):
-        raise ConvertError(path, f"{what} must hold a JSON object")
-    return data
+    return parse_json_object(read_small(path, what), path, what, "the file is truncated or corrupt")
 
 
 def open_hf_dir(root: Path) -> HFSource:
@@ -66,7 +54,7 @@ def open_hf_dir(root: Path) -> HFSource:
     config = load_json(root / "config.json", "config.json")
     gen_path = root / "generation_config.json"
     generation = load_json(gen_path, "generation_config.json") if gen_path.exists() else None
-    tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
+    tokenizer = tokenizer_files(root)
 
     for index_name, single, reader in (("model.safetensors.index.json", "model.safetensors", _read_st),
                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", read_bin)):
@@ -82,14 +70,47 @@ def open_hf_dir(root: Path) -> HFSource:
                        "pytorch_model.bin, pytorch_model.bin.index.json)")
 
 
+def tokenizer_files(root: Path) -> list[Path]:
+    """The tokenizer files present in root, each a regular file: they are copied, and a FIFO would
+    block the copy; a broken link would silently leave the output without its tokenizer."""
+    found = []
+    for name in TOKENIZER_FILES:
+        path = root / name
+        if path.is_symlink() and not path.exists():
+            raise ConvertError(path, "is a broken symbolic link", "restore the file it points to, or remove the link")
+        if path.exists():
+            check_regular(path, name)
+            found.append(path)
+    return found
+
+
 def _read_st(path: Path) -> dict[str, TensorRef]:
     return st.read_header(path)[0]
 
 
-def _read_index(index: Path, reader) -> tuple[list[Path], dict[str, TensorRef], dict[str, int]]:
+def _shard_names(index: Path) -> dict[str, str]:
+    """weight_map of an index, each value a shard name that stays inside the index's directory."""
     weight_map = load_json(index, "checkpoint index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConvertError(index, "has no weight_map", "the index file is corrupt")
+    for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {json.dumps(file)[:60]}, not a shard "
+                               "file name", "the index file is corrupt")
+        if not file or "\0" in file:
+            what = "an empty string" if not file else "a name with a NUL byte"
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {what}, not a shard file name",
+                               "the index file is corrupt")
+        # Judge the name as written, not where it resolves: HF cache snapshots are symlinks into
+        # ../../blobs and must keep working, but an index must not send us to read files elsewhere.
+        if PurePosixPath(file).is_absolute() or ".." in PurePosixPath(file).parts:
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] names {json.dumps(file)}, which is outside "
+                               "the checkpoint directory", "an index may only name shards next to it")
+    return weight_map
+
+
+def _read_index(index: Path, reader) -> tuple[list[Path], dict[str, TensorRef], dict[str, int]]:
+    weight_map = _shard_names(index)
     names = sorted(set(weight_map.values()))
     files = [index.parent / n for n in names]
     tensors: dict[str, TensorRef] = {}
@@ -101,7 +122,7 @@ def _read_index(index: Path, reader) -> tuple[list[Path], dict[str, TensorRef], 
             tensors[name] = ref
             shard_of[name] = i
     for name, file in weight_map.items():
-        if name not in tensors or tensors[name].file.name != file:
+        if name not in tensors or tensors[name].file != index.parent / file:
             raise ConvertError(index, f"lists {name!r} in {file}, but that shard does not contain it",
                                "the index and the shards disagree; re-download them together")
     return files, tensors, shard_of

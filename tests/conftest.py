@@ -34,6 +34,22 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def assert_rejected(tmp: Path, src: Path, *needles: str, extra: tuple[str, ...] = (), command: str = "hf2ms",
+                    timeout: int = 120) -> str:
+    """`command src tmp/out` refuses: exit 2, one stderr line naming the needles, nothing written.
+    The timeout makes a run that hangs (a FIFO opened for reading) fail instead of blocking the suite."""
+    out = tmp / "out"
+    proc = run_cli(command, src, out, *extra, timeout=timeout)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".out")] == []  # no partial sibling either
+    return err
+
+
 @pytest.fixture(scope="session")
 def ms():
     import mindspore

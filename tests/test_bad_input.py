@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, assert_rejected, run_cli
 
 MHA = FIXTURES / "mha-untied-fp32"          # single safetensors, untied
 SHARDED = FIXTURES / "gqa-tied-bf16-sharded"
@@ -20,19 +20,6 @@ def copy(src: Path, tmp: Path) -> Path:
     dst = tmp / "src"
     shutil.copytree(src, dst)
     return dst
-
-
-def assert_rejected(tmp: Path, src: Path, *needles: str, extra: tuple[str, ...] = ()) -> str:
-    out = tmp / "out"
-    proc = run_cli("hf2ms", src, out, *extra)
-    err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    assert not out.exists()
-    assert [p.name for p in tmp.iterdir() if p.name.startswith(".out")] == []  # no partial sibling either
-    return err
 
 
 def edit_config(src: Path, **changes) -> None:

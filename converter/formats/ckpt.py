@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..dtypes import BY_CKPT, dtype as _dtype
 from ..errors import ConvertError
+from .files import check_not_lfs_pointer, open_input
 from .payload import PAGE, FileRanges, Payload, write_bytes
 from .tensor import TensorRef
 
@@ -113,10 +114,18 @@ class CkptWriter:
 
 
 class _Reader:
+    """Bounds every length a field declares by the bytes really left in its message, so a flipped
+    or truncated byte is reported as corruption rather than as a huge read or seek."""
+
     def __init__(self, path: Path):
         self.path = path
-        self.f = open(path, "rb")
-        self.size = path.stat().st_size
+        self.f = open_input(path, "MindSpore checkpoint")
+        try:
+            self.size = os.fstat(self.f.fileno()).st_size
+            check_not_lfs_pointer(path, self.f)
+        except BaseException:
+            self.f.close()
+            raise
 
     def varint(self, limit: int) -> int:
         shift = result = 0
@@ -131,6 +140,26 @@ class _Reader:
             if shift > 63:
                 raise self.corrupt("malformed number")
 
+    def length(self, limit: int) -> int:
+        """A length prefix, checked to fit in what is left of the message."""
+        n = self.varint(limit)
+        if n > limit - self.f.tell():
+            raise self.corrupt(f"a field declares {n} bytes, but its message has {limit - self.f.tell()} left")
+        return n
+
+    def read(self, limit: int) -> bytes:
+        n = self.length(limit)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise self.corrupt("unexpected end of data")
+        return data
+
+    def text(self, limit: int, what: str) -> str:
+        try:
+            return self.read(limit).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.corrupt(f"{what} is not UTF-8 text") from None
+
     def corrupt(self, why: str) -> ConvertError:
         return ConvertError(self.path, f"not a readable MindSpore checkpoint at byte {self.f.tell()}: {why}",
                             "the file is truncated, corrupt, encrypted or not a .ckpt")
@@ -138,16 +167,13 @@ class _Reader:
     def skip(self, wire: int, limit: int) -> None:
         if wire == _VARINT:
             self.varint(limit)
-        elif wire == _LEN:
-            self.f.seek(self.varint(limit), 1)
-        elif wire == 1:
-            self.f.seek(8, 1)
-        elif wire == 5:
-            self.f.seek(4, 1)
-        else:
+            return
+        n = self.length(limit) if wire == _LEN else {1: 8, 5: 4}.get(wire)
+        if n is None:
             raise self.corrupt(f"unexpected wire type {wire}")
-        if self.f.tell() > limit:
+        if n > limit - self.f.tell():
             raise self.corrupt("field runs past the end of its message")
+        self.f.seek(n, 1)
 
 
 def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
@@ -165,16 +191,14 @@ def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
             if key != (1 << 3 | _LEN):  # a field Checkpoint does not define, e.g. our padding: skip it
                 r.skip(key & 7, r.size)
                 continue
-            end = r.varint(r.size) + r.f.tell()
-            if end > r.size:
-                raise r.corrupt(f"entry needs {end} bytes, file has {r.size}")
+            end = r.length(r.size) + r.f.tell()
             tag, tensor = None, None
             while r.f.tell() < end:
                 k = r.varint(end)
                 if k == (1 << 3 | _LEN):
-                    tag = r.f.read(r.varint(end)).decode("utf-8", "replace")
+                    tag = r.text(end, "a parameter name")
                 elif k == (2 << 3 | _LEN):
-                    tensor = _scan_tensor(r, r.varint(end) + r.f.tell())
+                    tensor = _scan_tensor(r, r.length(end) + r.f.tell())
                 else:
                     r.skip(k & 7, end)
             if tag is None:
@@ -184,15 +208,22 @@ def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
                 continue
             ttype, dims, seg = tensor
             if found and found[-1][0] == tag:  # a slice continuing the previous parameter
+                if found[-1][1:3] != (ttype, dims):
+                    raise r.corrupt(f"slices of parameter {tag!r} disagree on dtype or shape")
                 found[-1][3].append(seg)
             else:
                 found.append((tag, ttype, dims, [seg]))
-    except (IndexError, UnicodeDecodeError):
+    except IndexError:
         raise r.corrupt("unexpected end of data") from None
+    except OSError as e:
+        raise ConvertError(path, f"cannot read: {e.strerror or e}") from None
     finally:
         r.f.close()
-    refs = []
+    refs, seen = [], set()
     for tag, ttype, dims, segs in found:
+        if tag in seen:  # MindSpore would keep the last one: which copy is meant is a guess
+            raise ConvertError(path, f"parameter {tag!r} appears more than once", "the file is corrupt")
+        seen.add(tag)
         if ttype not in BY_CKPT:
             others.append(tag)  # strings and other non-numeric entries
             continue
@@ -213,19 +244,24 @@ def _scan_tensor(r: _Reader, end: int) -> tuple[str, tuple[int, ...], tuple[int,
         k = r.varint(end)
         field, wire = k >> 3, k & 7
         if field == 1 and wire == _VARINT:
-            dims.append(r.varint(end))
+            dims.append(_dim(r, r.varint(end)))
         elif field == 1 and wire == _LEN:  # packed dims, as other writers may emit
-            stop = r.varint(end) + r.f.tell()
+            stop = r.length(end) + r.f.tell()
             while r.f.tell() < stop:
-                dims.append(r.varint(stop))
+                dims.append(_dim(r, r.varint(stop)))
         elif field == 2 and wire == _LEN:
-            ttype = r.f.read(r.varint(end)).decode()
+            ttype = r.text(end, "a tensor type")
         elif field == 3 and wire == _LEN:
-            n = r.varint(end)
+            n = r.length(end)
             seg = (r.f.tell(), n)
             r.f.seek(n, 1)
         else:
             r.skip(wire, end)
-    if r.f.tell() != end:
-        raise r.corrupt("tensor runs past the end of its entry")
     return ttype, tuple(dims), seg
+
+
+def _dim(r: _Reader, d: int) -> int:
+    # int64 on the wire: a negative dimension arrives as a huge unsigned number.
+    if d >= 1 << 63:
+        raise r.corrupt(f"negative dimension {d - (1 << 64)}")
+    return d

@@ -15,54 +15,104 @@ from typing import Iterable
 
 from ..dtypes import BY_SAFETENSORS, dtype as _dtype
 from ..errors import ConvertError
+from .files import check_not_lfs_pointer, open_input, parse_json_object
 from .payload import PAGE, FileRanges, Payload, write_bytes
 from .tensor import TensorRef
 
-_MAX_HEADER = 100 << 20
+# The reference implementation (huggingface/safetensors) refuses headers above 100 MB; so do we, so
+# that a file it would reject is never converted here.
+_MAX_HEADER = 100_000_000
+_BAD = "the file is corrupt or was not written by a safetensors writer; re-download or re-copy it"
+
+
+def _is_count(x: object) -> bool:
+    return type(x) is int and x >= 0  # bool is an int subclass, and 1.0 or Infinity is not a count
+
+
+def _entry(path: Path, name: str, info: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each checked for type and size."""
+    def bad(rule: str) -> ConvertError:
+        return ConvertError(path, f"tensor {name!r}: {rule}", _BAD)
+
+    if not isinstance(info, dict):
+        raise bad(f"header entry must be an object with dtype, shape and data_offsets, not {info!r:.80}")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+    if missing:
+        raise bad(f"header entry lacks {', '.join(missing)}")
+    dt, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dt, str) or dt not in BY_SAFETENSORS:
+        raise bad(f"unsupported dtype {dt!r:.40}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"shape {shape!r:.80} must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
+        raise bad(f"data_offsets {offsets!r:.80} must be two non-negative integers [begin, end]")
+    begin, end = offsets
+    if end < begin:
+        raise bad(f"data_offsets {begin}..{end} end before they begin")
+    itemsize = _dtype(BY_SAFETENSORS[dt].name).itemsize
+    nbytes = 0 if 0 in shape else itemsize
+    needs: int | str = 0
+    for d in shape:  # stop early: a hostile shape can make this product astronomically large
+        nbytes *= d
+        if nbytes > end - begin:
+            needs = "more"
+            break
+    if nbytes != end - begin:
+        needs = needs or nbytes
+        raise bad(f"data_offsets {begin}..{end} hold {end - begin} bytes, but shape {shape} of "
+                  f"{BY_SAFETENSORS[dt].name} needs {needs}")
+    return BY_SAFETENSORS[dt].name, tuple(shape), begin, end
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
-    """Tensors and __metadata__ of one safetensors file, validated against the file size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+    """Tensors and __metadata__ of one safetensors file, held to the reference library's rules: the
+    tensors' bytes tile the data section exactly, in order, with no gaps, overlaps or spare bytes."""
+    path = Path(path)
+    with open_input(path, "safetensors file") as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            check_not_lfs_pointer(path, f)
             head = f.read(8)
             if len(head) < 8:
                 raise ConvertError(path, f"truncated: {size} bytes is too short for a safetensors file",
                                    "re-download or re-copy the file")
             (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or n > size - 8:
+            if n > _MAX_HEADER:
+                raise ConvertError(path, f"corrupt safetensors header: declares {n} header bytes, more than the "
+                                   f"{_MAX_HEADER} the format allows", "re-download or re-copy the file")
+            if n > size - 8:
                 raise ConvertError(path, f"corrupt or truncated safetensors header (declares {n} header bytes, "
                                    f"file has {size})", "re-download or re-copy the file")
             raw = f.read(n)
-    except OSError as e:
-        raise ConvertError(path, f"cannot read: {e.strerror}") from None
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError):
-        raise ConvertError(path, "corrupt safetensors header (not a JSON object)",
-                           "re-download or re-copy the file") from None
-    metadata = header.pop("__metadata__", None) or {}
-    base, tensors, end_max = 8 + n, {}, 0
-    for name, info in header.items():
-        try:
-            dt = BY_SAFETENSORS[info["dtype"]].name
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError(path, f"tensor {name!r} has an unsupported dtype or a malformed header entry "
-                               f"({info!r:.120})") from None
-        if end - begin != math.prod(shape) * _dtype(dt).itemsize or begin < 0:
-            raise ConvertError(path, f"tensor {name!r}: data_offsets {begin}..{end} do not fit shape {list(shape)} "
-                               f"of {dt}", "the file is corrupt")
-        end_max = max(end_max, end)
+        except OSError as e:
+            raise ConvertError(path, f"cannot read: {e.strerror or e}") from None
+    header = parse_json_object(raw, path, "safetensors header", _BAD)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ConvertError(path, f"__metadata__ must map strings to strings, not {metadata!r:.80}", _BAD)
+    base, data_len = 8 + n, size - 8 - n
+    entries = sorted(((*_entry(path, name, info), name) for name, info in header.items()),
+                     key=lambda e: (e[2], e[3]))
+    tensors, prev, pos = {}, None, 0
+    for dt, shape, begin, end, name in entries:
+        if begin < pos:
+            raise ConvertError(path, f"tensor {name!r}: data_offsets {begin}..{end} overlap those of {prev!r}, "
+                               f"which end at {pos}", _BAD)
+        if begin > pos:
+            after = f"after {prev!r}" if prev else "at the start of the data section"
+            raise ConvertError(path, f"tensor {name!r}: data_offsets start at {begin}, leaving {begin - pos} "
+                               f"unclaimed bytes {after}", _BAD)
         tensors[name] = TensorRef(name, dt, shape, path, FileRanges(path, ((base + begin, end - begin),)))
-    if base + end_max > size:
-        raise ConvertError(path, f"truncated: tensor data needs {base + end_max} bytes, file has {size}",
+        prev, pos = name, end
+    if pos > data_len:
+        raise ConvertError(path, f"truncated: tensor data needs {base + pos} bytes, file has {size}",
                            "re-download or re-copy the file")
-    return tensors, metadata
+    if pos < data_len:
+        raise ConvertError(path, f"{data_len - pos} bytes after the last tensor's data belong to no tensor",
+                           _BAD)
+    return {name: tensors[name] for name in header}, metadata  # header order, as the user wrote it
 
 
 def _congruent_padding(header_len: int, tensors: list[tuple[int, int, int | None]]) -> int:
