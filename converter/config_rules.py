@@ -13,7 +13,7 @@ from typing import Callable
 from .errors import ConvertError
 from .mapping import Table
 from .options import Options
-from .value_types import check_fields
+from .value_types import check_fields, show
 
 
 @dataclass
@@ -189,13 +189,13 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
     for key, value in hf.items():
         spec = table.config_rules.get(key)
         if spec is None:
-            raise ConvertError(where, f"{key}: unknown config key (value {value!r:.60})",
+            raise ConvertError(where, f"{key}: unknown config key (value {show(value)})",
                                f"if it changes neither weights nor forward, add it under `config:` in "
                                f"{table.path.name} with `ignore: <reason>`")
         if "reject" in spec and value not in (None, False, {}, []):
             raise ConvertError(where, f"{key}: {spec['reject']}")
         if "require" in spec and value is not None and value != spec["require"]:
-            raise ConvertError(where, f"{key}: {value!r} is not supported, only {spec['require']!r}",
+            raise ConvertError(where, f"{key}: {show(value)} is not supported, only {show(spec['require'])}",
                                "MindFormers' Llama cannot reproduce this model")
         if "ignore" in spec:
             result.ignored[key] = spec["ignore"]

@@ -227,6 +227,7 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
     from .plan import build_plan, few
     from .plan_back import build_ms2hf_plan, open_ms_dir
     from .source import open_hf_dir
+    from .value_types import show
 
     hf_plan = build_plan(open_hf_dir(hf_dir), Options())
     ms_plan = build_ms2hf_plan(open_ms_dir(ms_dir), Options(format="safetensors"))
@@ -241,7 +242,7 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
         if key == "tie_word_embeddings" and a and not b:
             continue  # hf2ms --untie: the tied embedding was copied into lm_head; the same model
         if a != b:
-            differ.append(f"model_config.{key} {b} vs config.json {hf_key} {a}")
+            differ.append(f"model_config.{key} {show(b)} vs config.json {hf_key} {show(a)}")
     hf_shapes = {n: r.shape for n, r in hf_plan.source.tensors.items()}
     shapes = [f"{t.name} {list(t.shape)} vs {list(hf_shapes[t.name])}" for t in ms_plan.tensors
               if t.name in hf_shapes and hf_shapes[t.name] != t.shape]
