@@ -15,6 +15,8 @@ from .errors import ConvertError
 # MindSpore and MindFormers keep sizes and token ids in int32 fields; anything larger is a corrupt file,
 # and refusing it here means no shape computed from the config can reach a size that allocates nonsense.
 INT_MAX = 2**31 - 1
+# The parameter dtypes MindFormers' Llama is built in and llama-convert writes (dtypes.FLOATS).
+FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def kind(value: object) -> str:
@@ -119,6 +121,12 @@ def _string_list(v: object) -> str | None:
     return None if isinstance(v, list) and all(isinstance(x, str) for x in v) else "type"
 
 
+def _float_dtype(v: object) -> str | None:
+    if not isinstance(v, str):
+        return "type"
+    return None if v in FLOAT_DTYPES else "range"
+
+
 # name -> (check, what it expects). A check returns None when the value is good, else "type" (wrong
 # kind of value), "range" (right kind, out of range) or "large" (beyond what any model has).
 TYPES: dict[str, tuple[Callable[[object], str | None], str]] = {
@@ -133,6 +141,7 @@ TYPES: dict[str, tuple[Callable[[object], str | None], str]] = {
     "token_ids": (_token_ids, "a token id or a non-empty list of token ids"),
     "string": (_instance(str), "a string"),
     "string_list": (_string_list, "a list of strings"),
+    "float_dtype": (_float_dtype, "one of " + ", ".join(FLOAT_DTYPES)),
     "mapping": (_instance(dict), "a mapping"),
 }
 
@@ -149,6 +158,8 @@ def problem(type_names: str | list[str], value: object) -> str | None:
     if "range" in verdicts:
         if value == []:
             return f"is an empty list; expected {expected}"
+        if isinstance(value, str):
+            return f"{show(value)} is not {expected}"
         return f"{show(value)} is out of range; expected {expected}"
     if isinstance(value, list) and "token_ids" in names and value and not all(map(_is_int, value)):
         return f"is a list holding {kind(next(x for x in value if not _is_int(x)))}; expected {expected}"

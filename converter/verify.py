@@ -170,7 +170,11 @@ class MSSide:
             overrides |= CPU_KERNELS | FLOAT32_COMPUTE
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
-        self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+        try:
+            self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+        except Exception as e:  # the YAML's untyped keys (parallelism, kernels, ...) reach MindFormers as they are
+            raise ConvertError(Path(ms_dir) / "llama_config.yaml", f"MindFormers cannot build LlamaForCausalLM from "
+                               f"this model_config: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
         self.net.set_train(False)
         params = load_ms_params(ms, ms_dir)
         if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go

@@ -184,12 +184,13 @@ YAML_CASES = [
     (model_config(n_kv_heads=3), "model_config.n_kv_heads: num_heads=4 is not divisible by n_kv_heads=3"),
     (lambda d: d["model"].update(model_config=7), "model.model_config: is an integer; expected a mapping"),
     (lambda d: d.update(model=[1, 2]), "model: is a list; expected a mapping"),
+    (model_config(param_init_type="float99"), 'model_config.param_init_type: "float99" is not one of bfloat16'),
     (model_config(num_layers=100_000_000),
      "model_config.num_layers is 100000000 but the checkpoint holds layers 0..1 (2 layers)"),
 ]
 YAML_IDS = ["num_heads-0", "n_kv_heads-string", "num_layers-negative", "vocab_size-float", "theta-nan",
             "heads-not-dividing-hidden", "kv-not-dividing-heads", "model_config-scalar", "model-list",
-            "num_layers-huge"]
+            "param_init_type-unknown", "num_layers-huge"]
 
 
 @pytest.mark.parametrize("edit,needle", YAML_CASES, ids=YAML_IDS)
