@@ -50,6 +50,8 @@ def show(value: object) -> str:
         text = value if len(value) <= 40 else value[:40] + "..."
         return '"' + text.replace('"', '\\"') + '"'
     if isinstance(value, int) and abs(value) > 10**12:
+        if value.bit_length() > 14000:  # str() of an int over 4300 digits raises ValueError
+            return f"a number of about {int(value.bit_length() * math.log10(2))} digits"
         return f"a {len(str(abs(value)))}-digit number"
     if isinstance(value, (int, float)):
         return repr(value)
@@ -61,7 +63,8 @@ def _is_int(v: object) -> bool:
 
 
 def _is_number(v: object) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    # math.isfinite(10**400) raises OverflowError: an int is finite by nature
+    return _is_int(v) or isinstance(v, float) and math.isfinite(v)
 
 
 def _int_in(lo: int) -> Callable[[object], str | None]:
@@ -86,6 +89,8 @@ def _number(lo: float, lo_open: bool, hi: float | None = None) -> Callable[[obje
     def check(v: object) -> str | None:
         if not _is_number(v):
             return "type"
+        if abs(v) > 1e308:  # an int beyond any float; the rules compute with float(v)
+            return "range"
         if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
             return "range"
         return None

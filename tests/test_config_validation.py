@@ -130,7 +130,7 @@ def test_a_malformed_rope_scaling_is_refused_naming_the_field(tmp_path, change, 
     hf2ms_refused(tmp_path, hf_copy(MHA, tmp_path, change), "config.json", *needles)
 
 
-@pytest.mark.parametrize("theta", ["10000", -10000.0, 0, float("inf"), [10000.0]])
+@pytest.mark.parametrize("theta", ["10000", -10000.0, 0, float("inf"), 10**400, [10000.0]])
 def test_a_bad_rope_theta_names_rope_theta_not_rope_scaling(tmp_path, theta):
     hf2ms_refused(tmp_path, hf_copy(LLAMA3, tmp_path, {"rope_theta": theta}), "config.json", "rope_theta: ",
                   absent=("rope_scaling",))
