@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a check found a difference (verify, diff), 2 bad input 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,10 +24,21 @@ class _Group(click.Group):
         except ConvertError as e:
             click.echo(f"llama-convert: error: {e.one_line()}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # click's own report is several lines; scripts grep one
+            where = f"{e.ctx.info_name}: " if e.ctx and e.ctx.parent else ""
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            click.echo(f"llama-convert: error: {where}{' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(2)
         except OSError as e:  # disk full, permissions, a file vanishing mid-run: nothing was left half-written
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
+
+
+def _tolerance(ctx, param, value):
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value} is not a tolerance; give a finite number >= 0")
+    return value
 
 
 def _size(ctx, param, value):
@@ -181,7 +193,9 @@ def inspect(path: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest difference still called equal.")
+@click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+              help="Largest difference still called equal: a finite number >= 0 (inf and nan are refused: "
+                   "they would call any two checkpoints equal).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
     """Compare two checkpoints of either side through the mapping table.

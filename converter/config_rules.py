@@ -13,6 +13,7 @@ from typing import Callable
 from .errors import ConvertError
 from .mapping import Table
 from .options import Options
+from .value_types import check_fields, show
 
 
 @dataclass
@@ -57,7 +58,7 @@ def architecture(inp: RuleInput, out: dict, notes: list) -> None:
 def kv_heads(inp: RuleInput, out: dict, notes: list) -> None:
     hf = inp.hf
     heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
-    kv = hf.get("num_key_value_heads") or heads
+    kv = heads if hf.get("num_key_value_heads") is None else hf["num_key_value_heads"]
     if hidden % heads:
         raise _fail(inp, "hidden_size", f"{hidden} is not divisible by num_attention_heads={heads}")
     head_dim = hf.get("head_dim")
@@ -73,27 +74,29 @@ def kv_heads(inp: RuleInput, out: dict, notes: list) -> None:
 @rule
 def positions(inp: RuleInput, out: dict, notes: list) -> None:
     hf = inp.hf
-    n = hf.get("max_position_embeddings") or hf.get("max_sequence_length")
-    if not n:
+    given, llama1 = hf.get("max_position_embeddings"), hf.get("max_sequence_length")
+    n = given if given is not None else llama1
+    if n is None:
         raise _fail(inp, "max_position_embeddings", "missing (and no LLaMA-1 max_sequence_length either)")
-    if "max_position_embeddings" in hf and "max_sequence_length" in hf and \
-            hf["max_sequence_length"] != hf["max_position_embeddings"]:
-        notes.append(f"max_sequence_length={hf['max_sequence_length']} ignored in favour of "
-                     f"max_position_embeddings={n}")
-    out["max_position_embedding"] = int(n)
-    seq = inp.options.seq_length or min(int(n), 4096)
+    if given is not None and llama1 is not None and llama1 != given:
+        notes.append(f"max_sequence_length={llama1} ignored in favour of max_position_embeddings={n}")
+    out["max_position_embedding"] = n
+    seq = inp.options.seq_length or min(n, 4096)
     out["seq_length"] = seq
 
 
 def rope_settings(hf: dict) -> tuple[float, dict | None]:
-    """(theta, scaling dict or None) from either transformers-4 or transformers-5 style."""
+    """(theta, scaling dict or None) from either transformers-4 or transformers-5 style.
+
+    The values' types were checked by the table (config.rope_*: fields) before this runs.
+    """
     params = hf.get("rope_parameters")
     if isinstance(params, dict):
         theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     else:
         theta = hf.get("rope_theta", 10000.0)
-        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else {}
+        scaling = dict(hf["rope_scaling"]) if isinstance(hf.get("rope_scaling"), dict) else {}
     kind_a, kind_b = scaling.pop("rope_type", None), scaling.pop("type", None)
     if kind_a and kind_b and kind_a != kind_b:
         raise ValueError(f"says both rope_type={kind_a!r} and type={kind_b!r}")
@@ -115,12 +118,15 @@ def rope(inp: RuleInput, out: dict, notes: list) -> None:
         out["extend_method"], out["scaling_factor"] = "None", 1.0
         return
     kind = scaling["rope_type"]
+    if kind in ("llama3", "linear") and "factor" not in scaling:
+        raise _fail(inp, key, f"{kind} scaling lacks its factor",
+                    f"add \"factor\" to {key}, or remove {key} if the model does not scale RoPE")
     if kind == "llama3":
         need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
         missing = [k for k in need if k not in scaling]
         if missing:
             raise _fail(inp, key, f"llama3 scaling lacks {missing}")
-        orig = int(scaling["original_max_position_embeddings"])
+        orig = scaling["original_max_position_embeddings"]
         if orig >= out["max_position_embedding"]:
             raise _fail(inp, key, f"llama3 original_max_position_embeddings={orig} is not below "
                         f"max_position_embeddings={out['max_position_embedding']}, which MindFormers requires")
@@ -179,24 +185,22 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
     inp = RuleInput(hf, options, weights_dtype, where, table)
     out: dict = {}
     result = Translation(out)
+    check_fields(table.config_rules, hf, where)  # before anything uses a value: the rules may trust them
     for key, value in hf.items():
         spec = table.config_rules.get(key)
         if spec is None:
-            raise ConvertError(where, f"{key}: unknown config key (value {value!r:.60})",
+            raise ConvertError(where, f"{key}: unknown config key (value {show(value)})",
                                f"if it changes neither weights nor forward, add it under `config:` in "
                                f"{table.path.name} with `ignore: <reason>`")
         if "reject" in spec and value not in (None, False, {}, []):
             raise ConvertError(where, f"{key}: {spec['reject']}")
         if "require" in spec and value is not None and value != spec["require"]:
-            raise ConvertError(where, f"{key}: {value!r} is not supported, only {spec['require']!r}",
+            raise ConvertError(where, f"{key}: {show(value)} is not supported, only {show(spec['require'])}",
                                "MindFormers' Llama cannot reproduce this model")
         if "ignore" in spec:
             result.ignored[key] = spec["ignore"]
         for target in _as_list(spec.get("to")):
             out[target] = value
-    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if not isinstance(hf.get(name), int) or hf[name] <= 0:
-            raise ConvertError(where, f"{name}: missing or not a positive integer")
     for name in _rule_names(table):
         RULES[name](inp, out, result.notes)
     for key in ("qkv_has_bias", "attn_proj_has_bias"):
@@ -209,9 +213,14 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
 
 
 def _translate_generation(table: Table, gen: dict, out: dict, result: Translation, where: Path | None) -> None:
+    check_fields(table.generation_rules, gen, where or "generation_config.json")
     for key, spec in table.generation_rules.items():
-        if "to" in spec and (key in gen or "default" in spec):
-            out[spec["to"]] = gen.get(key, spec.get("default"))
+        # null is "not set" to HF's GenerationConfig, which then uses its default
+        value = gen.get(key, spec.get("default"))
+        if "to" in spec and value is None:
+            value = spec.get("default")
+        if "to" in spec and value is not None:
+            out[spec["to"]] = value
     out.setdefault("max_decode_length", out["seq_length"])
     for key in gen:
         spec = table.generation_rules.get(key, {})
@@ -269,8 +278,13 @@ def _rope_back(mc: dict, hf: dict) -> None:
     if method in (None, "None"):
         hf["rope_scaling"] = None
     elif method == "LLAMA3":
+        need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if not isinstance(factor, dict) or any(k not in factor for k in need):
+            raise ValueError(f"extend_method LLAMA3 needs scaling_factor to be a mapping of {', '.join(need)}")
         hf["rope_scaling"] = {"rope_type": "llama3", **factor}
     elif method == "PI":
+        if isinstance(factor, dict) or factor is None:
+            raise ValueError("extend_method PI needs scaling_factor to be a number")
         hf["rope_scaling"] = {"rope_type": "linear", "factor": float(factor)}
     else:
         raise ValueError(f"extend_method {method!r} has no HF equivalent proven equal")
@@ -290,6 +304,17 @@ def _tie_back(mc: dict, hf: dict) -> None:
 @inverse_of("dtype")
 def _dtype_back(mc: dict, hf: dict) -> None:
     hf["torch_dtype"] = mc.get("param_init_type", "float32")
+
+
+def check_model_config(table: Table, mc: dict, where: Path) -> None:
+    """A MindFormers model_config read back: every key the table types, then what MindFormers needs of them."""
+    check_fields(table.model_config_rules, mc, where, "model_config.")
+    heads, hidden = mc["num_heads"], mc["hidden_size"]
+    if hidden % heads:
+        raise ConvertError(where, f"model_config.hidden_size: {hidden} is not divisible by num_heads={heads}")
+    kv = mc.get("n_kv_heads")
+    if kv is not None and heads % kv:
+        raise ConvertError(where, f"model_config.n_kv_heads: num_heads={heads} is not divisible by n_kv_heads={kv}")
 
 
 def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None) -> tuple[dict, dict]:

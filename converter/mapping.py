@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from . import ops
+from . import ops, value_types
 from .errors import ConvertError
 
 DEFAULT_TABLE = "llama"
@@ -47,6 +47,11 @@ class Table:
     @property
     def generation_rules(self) -> dict[str, dict]:
         return self.data.get("generation", {})
+
+    @property
+    def model_config_rules(self) -> dict[str, dict]:
+        """Types of the MindFormers model_config keys read on the way back."""
+        return self.data.get("model_config", {})
 
     @property
     def hf_tensors(self) -> dict[str, dict]:
@@ -86,6 +91,13 @@ def load_table(name: str = DEFAULT_TABLE) -> Table:
 
 
 def _check_table(table: Table) -> None:
+    for section in ("config", "generation", "model_config"):
+        _check_types(table, section)
+    for name, expr in table.data.get("dims", {}).items():
+        try:
+            eval_dim(expr, {}, names_only=True)
+        except ValueError as e:
+            raise ConvertError(table.path, f"dims.{name}: {e}") from None
     flags = set(table.data.get("flags", {}))
     for rule in table.ms_rules:
         unknown = [s for s in rule.sources if s not in table.hf_tensors]
@@ -97,30 +109,87 @@ def _check_table(table: Table) -> None:
             raise ConvertError(table.path, f"ms_tensors rule {rule.name!r} uses undeclared flags {bad}")
 
 
+def _check_types(table: Table, section: str) -> None:
+    """Every `type:` is one of the closed set, and every key whose value is used declares one."""
+    for key, spec in table.data.get(section, {}).items():
+        used = section == "model_config" or "to" in spec or "via" in spec
+        if used and "type" not in spec:
+            raise ConvertError(table.path, f"{section}.{key}: declares no `type:`",
+                               f"every key whose value is used needs one of {', '.join(value_types.TYPES)}")
+        kinds = [spec.get("type")] if "type" in spec else []
+        kinds += list((spec.get("fields") or {}).values())
+        bad = [n for k in kinds for n in value_types.unknown(k)]
+        if bad:
+            raise ConvertError(table.path, f"{section}.{key}: unknown type {bad[0]!r}",
+                               f"known types: {', '.join(value_types.TYPES)}")
+
+
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
 
 
-def eval_dim(expr: str | int, env: dict[str, int]) -> int:
-    """Integer arithmetic over config keys: + - * // and parentheses, nothing else."""
-    if isinstance(expr, int):
+def eval_dim(expr: str | int, env: dict[str, int], names_only: bool = False) -> int:
+    """Integer arithmetic over config keys: + - * // and parentheses, nothing else.
+
+    The env values are validated positive integers (value_types) by the time shapes are computed, so a
+    division by zero or a missing name here means the table, not the input, is wrong: ValueError.
+    With names_only, only the expression's form is checked (table loading) and 1 stands for every name.
+    """
+    if isinstance(expr, int) and not isinstance(expr, bool):
         return expr
 
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.FloorDiv) and right == 0:
+                raise ValueError(f"{expr!r} divides by zero")
+            return _BINOPS[type(node.op)](left, right)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
             return node.value
         if isinstance(node, ast.Name):
-            return int(env[node.id])
+            if names_only:
+                return 1
+            value = env.get(node.id)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{expr!r} needs model_config.{node.id}, which is {value_types.kind(value)}")
+            return value
         raise ValueError(f"unsupported dimension expression {expr!r}")
 
-    return ev(ast.parse(str(expr), mode="eval"))
+    try:
+        tree = ast.parse(str(expr), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"unsupported dimension expression {expr!r}") from None
+    return ev(tree)
 
 
 def holds(when: tuple[str, ...] | list[str], flags: dict[str, bool]) -> bool:
     return all(not flags[w[1:]] if w.startswith("!") else flags[w] for w in when)
+
+
+def layers_present(patterns: list[str], names) -> list[int]:
+    """The layer numbers that tensor names actually carry, by the table's {i} patterns (sorted)."""
+    import re
+    rxs = [re.compile("^" + re.escape(p).replace(re.escape("{i}"), r"(0|[1-9][0-9]*)") + "$")
+           for p in patterns if "{i}" in p]
+    found = set()
+    for name in names:
+        for rx in rxs:
+            m = rx.match(name)
+            if m:
+                found.add(int(m.group(1)))
+                break
+    return sorted(found)
+
+
+def describe_layers(layers: list[int]) -> str:
+    """'layers 0..1 (2 layers)', or which are there when they are not 0..n-1."""
+    if not layers:
+        return "no decoder layers"
+    if layers == list(range(len(layers))):
+        return f"layers 0..{layers[-1]} ({len(layers)} layers)"
+    shown = ", ".join(map(str, layers[:6])) + (", ..." if len(layers) > 6 else "")
+    return f"layers {shown} ({len(layers)} layers, not numbered 0..{len(layers) - 1})"
 
 
 def layer_names(pattern: str, num_layers: int) -> list[tuple[int | None, str]]:

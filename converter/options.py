@@ -1,7 +1,9 @@
 """What the user asked for, in one place, so the plan and the provenance record agree."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 
 FORMATS = ("ckpt", "safetensors")
 DTYPE_CHOICES = ("keep", "bfloat16", "float16", "float32")
@@ -30,14 +32,19 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([A-Z]*)")
+
+
 def parse_size(text: str) -> int:
-    """'5GB', '500MB', '2GiB' or a byte count, as transformers' max_shard_size accepts."""
+    """'5GB', '500MB', '2GiB' or a byte count, as transformers' max_shard_size accepts.
+
+    Plain decimals only: float() would also take 'inf', 'nan' and '1e400', none of which is a size.
+    """
     s = text.strip().upper().replace(" ", "")
-    num = s.rstrip("KMGTIB")
-    unit = s[len(num):]
-    if unit not in _UNITS or not num:
+    m = _SIZE.fullmatch(s)
+    if not m or m.group(2) not in _UNITS:
         raise ValueError(f"cannot read size {text!r}; write e.g. 5GB, 500MB or 2GiB")
-    value = float(num) * _UNITS[unit]
+    value = int(Decimal(m.group(1)) * _UNITS[m.group(2)])
     if value < 1:
-        raise ValueError(f"size {text!r} must be positive")
-    return int(value)
+        raise ValueError(f"size {text!r} must be at least 1 byte")
+    return value

@@ -16,7 +16,7 @@ from . import __version__, ops
 from .config_rules import Translation, translate
 from .dtypes import FLOATS, dtype as _dtype
 from .errors import ConvertError
-from .mapping import Table, eval_dim, holds, layer_names, load_table, pattern_regex
+from .mapping import Table, describe_layers, eval_dim, holds, layer_names, layers_present, load_table, pattern_regex
 from .options import Options
 from .source import HFSource
 
@@ -94,7 +94,9 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     translation = translate(table, source.config, source.generation_config, options, weights_dtype(source),
                             source.config_file, gen_path)
     mc = translation.model_config
-    dims = {k: eval_dim(v, mc) for k, v in table.data["dims"].items()}
+    refuse_layer_count(source, [spec["name"] for spec in table.hf_tensors.values()], mc["num_layers"],
+                       "num_hidden_layers")
+    dims = table_dims(table, mc)
     flags = {"qkv_concat": options.qkv_concat, "bias": mc["qkv_has_bias"], "tied": mc["tie_word_embeddings"],
              "source_untied": not source.config.get("tie_word_embeddings", False)}
 
@@ -117,6 +119,26 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     assign_shards(plan)
     plan.extra_files = {"llama_config.yaml": yaml_text(plan)}
     return plan
+
+
+def refuse_layer_count(source: HFSource, patterns: list[str], num_layers: int, key: str) -> None:
+    """The config's layer count against the layers the checkpoint holds, before any name is expanded.
+
+    A 1 KB config may claim 10**8 layers; expanding that many tensor names would exhaust memory
+    before the missing tensors could be reported.
+    """
+    present = layers_present(patterns, source.tensors)
+    if num_layers != (present[-1] + 1 if present else 0):
+        raise ConvertError(source.config_file, f"{key} is {num_layers} but the checkpoint holds {describe_layers(present)}",
+                           "the config and the weights do not belong together")
+
+
+def table_dims(table: Table, mc: dict) -> dict[str, int]:
+    """The table's shape symbols for a (validated) model_config."""
+    try:
+        return {k: eval_dim(v, mc) for k, v in table.data["dims"].items()}
+    except ValueError as e:
+        raise ConvertError(table.path, f"dims: {e}") from None
 
 
 def yaml_text(plan: Plan) -> str:

@@ -12,32 +12,39 @@ from pathlib import Path
 import yaml
 
 from . import ops
-from .config_rules import Translation, translate_back
+from .config_rules import Translation, check_model_config, translate_back
 from .dtypes import FLOATS
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
 from .formats.files import check_regular, read_small
 from .formats.tensor import TensorRef
-from .mapping import Table, eval_dim, holds, layer_names, load_table, safe_yaml
+from .mapping import Table, holds, layer_names, load_table, safe_yaml
 from .options import Options
-from .plan import Plan, PlannedTensor, assign_shards, refuse_mismatch
+from .plan import Plan, PlannedTensor, assign_shards, refuse_layer_count, refuse_mismatch, table_dims
 from .source import TOKENIZER_FILES, HFSource
+from .value_types import kind
 
 DEFAULT_SHARD = 5 * 10**9
 
 
-def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> dict:
+def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML",
+                          table: Table | None = None) -> dict:
+    """model.model_config of a MindFormers YAML, every value the table types checked (ConvertError if not)."""
     try:
         data = safe_yaml(read_small(path, "MindFormers YAML", hint))
-        mc = dict(data["model"]["model_config"])
-    except FileNotFoundError:
-        raise ConvertError(path, "MindFormers YAML not found", hint) from None
-    except (yaml.YAMLError, KeyError, TypeError):
+    except yaml.YAMLError:
         raise ConvertError(path, "is not a MindFormers YAML with model.model_config") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise ConvertError(path, "is not a MindFormers YAML with model.model_config")
+    if not isinstance(data["model"], dict) or "model_config" not in data["model"]:
+        what = f"is {kind(data['model'])}" if not isinstance(data["model"], dict) else "has no model_config"
+        raise ConvertError(path, f"model: {what}; expected a mapping holding model_config")
+    if not isinstance(data["model"]["model_config"], dict):
+        raise ConvertError(path, f"model.model_config: is {kind(data['model']['model_config'])}; "
+                                 f"expected a mapping of LlamaConfig fields")
+    mc = dict(data["model"]["model_config"])
     mc.pop("type", None)
-    for key in ("hidden_size", "num_layers", "num_heads", "vocab_size", "intermediate_size"):
-        if not isinstance(mc.get(key), int):
-            raise ConvertError(path, f"model_config.{key}: missing or not an integer")
+    check_model_config(table or load_table(), mc, path)
     return mc
 
 
@@ -85,10 +92,12 @@ def open_ms_dir(path: Path, config: Path | None = None) -> HFSource:
 def build_ms2hf_plan(source: HFSource, options: Options, table: Table | None = None) -> Plan:
     table = table or load_table(options.table)
     mc = source.config
+    check_model_config(table, mc, source.config_file)
+    refuse_layer_count(source, [r.name for r in table.ms_rules], mc["num_layers"], "model_config.num_layers")
     flags = {"qkv_concat": bool(mc.get("qkv_concat", False)), "bias": bool(mc.get("qkv_has_bias", False)),
              "tied": bool(mc.get("tie_word_embeddings", False))}
     flags["source_untied"] = not flags["tied"]
-    dims = {k: eval_dim(v, mc) for k, v in table.data["dims"].items()}
+    dims = table_dims(table, mc)
     ctx = ops.OpContext(mc["num_heads"], mc.get("n_kv_heads") or mc["num_heads"])
     hf_dtype = options.dtype if options.dtype != "keep" else str(mc.get("param_init_type", "float32"))
 

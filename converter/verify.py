@@ -170,7 +170,11 @@ class MSSide:
             overrides |= CPU_KERNELS | FLOAT32_COMPUTE
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
-        self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+        try:
+            self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+        except Exception as e:  # the YAML's untyped keys (parallelism, kernels, ...) reach MindFormers as they are
+            raise ConvertError(Path(ms_dir) / "llama_config.yaml", f"MindFormers cannot build LlamaForCausalLM from "
+                               f"this model_config: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
         self.net.set_train(False)
         params = load_ms_params(ms, ms_dir)
         if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
@@ -208,6 +212,52 @@ def read_model_config(ms_dir: Path) -> dict:
                                  "MS_DIR must be an output directory of llama-convert hf2ms")
 
 
+# model_config key -> the HF config.json key it comes from: what makes two checkpoints different models.
+STRUCTURAL = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+              "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size",
+              "intermediate_size": "intermediate_size", "tie_word_embeddings": "tie_word_embeddings",
+              "qkv_has_bias": "attention_bias"}
+
+
+def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
+    """ConvertError unless MS_DIR can be a conversion of HF_DIR, decided from configs and headers alone.
+
+    Both sides are planned as the converter would (HF config through the table, MindSpore checkpoint
+    through the table backwards), which also checks each checkpoint against its own config; then the
+    structural keys and the shapes of the tensors both sides name are compared. Loading two models
+    only to report garbage logits (or to crash building one) is worse than saying so up front.
+    """
+    from .options import Options
+    from .plan import build_plan, few
+    from .plan_back import build_ms2hf_plan, open_ms_dir
+    from .source import open_hf_dir
+    from .value_types import show
+
+    hf_plan = build_plan(open_hf_dir(hf_dir), Options())
+    ms_plan = build_ms2hf_plan(open_ms_dir(ms_dir), Options(format="safetensors"))
+    hf_mc, ms_mc = hf_plan.model_config, ms_plan.model_config
+    differ = []
+    for key, hf_key in STRUCTURAL.items():
+        a, b = hf_mc.get(key), ms_mc.get(key)
+        if key == "n_kv_heads":
+            a, b = a or hf_mc["num_heads"], b or ms_mc["num_heads"]
+        elif key in ("tie_word_embeddings", "qkv_has_bias"):
+            a, b = bool(a), bool(b)
+        if key == "tie_word_embeddings" and a and not b:
+            continue  # hf2ms --untie: the tied embedding was copied into lm_head; the same model
+        if a != b:
+            differ.append(f"model_config.{key} {show(b)} vs config.json {hf_key} {show(a)}")
+    hf_shapes = {n: r.shape for n, r in hf_plan.source.tensors.items()}
+    shapes = [f"{t.name} {list(t.shape)} vs {list(hf_shapes[t.name])}" for t in ms_plan.tensors
+              if t.name in hf_shapes and hf_shapes[t.name] != t.shape]
+    if shapes:  # a differing key explains its shapes: count them; alone, the shapes are the evidence
+        differ += [f"{len(shapes)} tensor shapes"] if differ else [few(shapes, 3)]
+    if differ:
+        raise ConvertError(ms_plan.source.config_file, f"describes a different model than {hf_plan.source.config_file}: "
+                           f"{', '.join(differ)}", "MS_DIR is not a conversion of HF_DIR; verify compares a model "
+                           "with its own conversion")
+
+
 def load_ms_params(ms, ms_dir: Path) -> dict:
     """Every parameter of MS_DIR, loaded by mindspore itself (the point is that MindSpore can)."""
     params = {}
@@ -236,6 +286,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
     cfg = read_model_config(ms_dir)
     ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
+    refuse_different_models(hf_dir, ms_dir)
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
     ids = seeded_tokens(vocab, opts.batch, opts.seq_len, opts.seed, pad)
