@@ -21,7 +21,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         # SIGTERM and SIGINT unwind like exceptions, so a partial output is removed before we exit
         # with the conventional 128+signal (click would print "Aborted!" and exit 1 for SIGINT).
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # Restored afterwards: callers such as click's CliRunner go on living in this process.
+        on_term = signal.getsignal(signal.SIGTERM)
+        if on_term is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return super().invoke(ctx)
@@ -38,6 +40,9 @@ class _Group(click.Group):
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
+        finally:
+            if on_term is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, on_term)
 
 
 def _size(ctx, param, value):
