@@ -257,11 +257,12 @@ def reclaim(out: Path) -> list[str]:
         path, pid = entry.parent / name, int(m[2])
         if m[1] == "old" and not os.path.lexists(entry):
             try:
-                rename_noreplace(path, entry)
-            except RenameUnsupported:
-                os.rename(path, entry)  # an empty OUT created meanwhile is the only thing this could replace
-            except (FileNotFoundError, FileExistsError):
-                continue  # another run restored it first
+                try:
+                    rename_noreplace(path, entry)
+                except RenameUnsupported:
+                    os.rename(path, entry)  # an empty OUT created meanwhile is the only thing this could replace
+            except OSError:
+                continue  # another run restored it first, or OUT_DIR appeared: a later run removes it
             notes.append(f"restored {out} from {name}, moved aside by process {pid} that died before replacing it")
             continue
         _remove(path)
@@ -362,6 +363,7 @@ class Transaction:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
+        die_by_sigterm = isinstance(error, Terminated) and self._handlers.get(signal.SIGTERM) is signal.SIG_DFL
         try:
             if not self.committed:
                 self._ignore_signals()  # a second Ctrl-C must not interrupt the cleanup
@@ -370,6 +372,8 @@ class Transaction:
             if self._lock:
                 self._lock.release()
             self._restore_signals()
+        if die_by_sigterm:  # nobody asked to hear of SIGTERM: end as it would have ended us, only cleaned up
+            os.kill(os.getpid(), signal.SIGTERM)
         self._refuse_disk_full(error)
 
     def _refuse_disk_full(self, error: BaseException | None) -> None:

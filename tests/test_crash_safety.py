@@ -149,3 +149,16 @@ def test_two_runs_into_one_new_out_dir_never_both_succeed(big_src, tmp_path):
         assert {f["name"]: f["sha256"] for f in summary["files"]} == \
             {f["name"]: f["sha256"] for f in record["outputs"]}
         assert debris(parent) == []
+
+
+def test_sigterm_during_a_library_conversion_removes_the_partial_output_and_ends_the_process(big_src, tmp_path):
+    # A script calling the API, with SIGTERM at its default: the process still dies by SIGTERM, cleaned up.
+    code = f"from converter import convert_hf2ms; convert_hf2ms({str(big_src)!r}, {str(tmp_path / 'out')!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    wait_for_partial(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the conversion finished before the signal arrived")
+    assert proc.returncode == -signal.SIGTERM and err == ""
+    assert list(tmp_path.iterdir()) == []
