@@ -273,15 +273,15 @@ def reclaim(out: Path) -> list[str]:
 # ---------------------------------------------------------------- the transaction
 
 def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB", "TB"):
         n /= 1000
-    return f"{n} B"
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Transaction:
