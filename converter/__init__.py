@@ -25,9 +25,10 @@ def plan_hf2ms(src: str | Path, options: Options | None = None):
 
 def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
     """Convert a HF Llama directory into a MindFormers directory; returns an execute.Result."""
-    from .execute import check_out_dir, execute
-    check_out_dir(Path(out), force)
-    return execute(plan_hf2ms(src, options), Path(out), force)
+    from .execute import execute
+    from .outdir import check_out_dir
+    check_out_dir(Path(out), force, [Path(src)])
+    return execute(plan_hf2ms(src, options), Path(out), force, Path(src))
 
 
 def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Path | None = None):
@@ -40,9 +41,10 @@ def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Pa
 def convert_ms2hf(src: str | Path, out: str | Path, options: Options | None = None,
                   config: str | Path | None = None, force: bool = False):
     """Write a HuggingFace directory (config.json, safetensors, tokenizer files) from MindSpore."""
-    from .execute import check_out_dir, execute
-    check_out_dir(Path(out), force)
-    return execute(plan_ms2hf(src, options, config), Path(out), force)
+    from .execute import execute
+    from .outdir import check_out_dir
+    check_out_dir(Path(out), force, [Path(src), *([Path(config)] if config else [])])
+    return execute(plan_ms2hf(src, options, config), Path(out), force, Path(src))
 
 
 __all__ = ["plan_ms2hf", "convert_ms2hf", "ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -13,14 +14,26 @@ import click
 
 from . import __version__
 from .errors import ConvertError
-from .execute import check_out_dir
 from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
+from .outdir import Terminated, check_out_dir, raise_terminated
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        # SIGTERM and SIGINT unwind like exceptions, so a partial output is removed before we exit
+        # with the conventional 128+signal (click would print "Aborted!" and exit 1 for SIGINT).
+        # Restored afterwards: callers such as click's CliRunner go on living in this process.
+        on_term = signal.getsignal(signal.SIGTERM)
+        if on_term is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return super().invoke(ctx)
+        except Terminated:
+            click.echo("llama-convert: terminated (SIGTERM); nothing half-written was left", err=True)
+            sys.exit(143)
+        except KeyboardInterrupt:
+            click.echo("llama-convert: interrupted (SIGINT); nothing half-written was left", err=True)
+            sys.exit(130)
         except ConvertError as e:
             click.echo(f"llama-convert: error: {e.one_line()}", err=True)
             sys.exit(2)
@@ -33,6 +46,9 @@ class _Group(click.Group):
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
+        finally:
+            if on_term is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, on_term)
 
 
 def _tolerance(ctx, param, value):
@@ -105,13 +121,13 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
     options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
                       max_shard_size=max_shard_size, device=device, hash=do_hash)
     if not dry_run:
-        check_out_dir(out_dir, force)
+        check_out_dir(out_dir, force, [src_dir])
     plan = build_plan(open_hf_dir(src_dir), options)
     if dry_run:
         click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
         return
     from .execute import execute
-    result = execute(plan, out_dir, force)
+    result = execute(plan, out_dir, force, src_dir)
     summary = report.result_json(plan, result)
     if not then_verify:
         click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(plan, result))
@@ -154,14 +170,14 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shar
     from .plan_back import build_ms2hf_plan, open_ms_dir
 
     if not dry_run:
-        check_out_dir(out_dir, force)
+        check_out_dir(out_dir, force, [ms_dir, *([config] if config else [])])
     options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size, hash=do_hash)
     plan = build_ms2hf_plan(open_ms_dir(ms_dir, config), options)
     if dry_run:
         click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
         return
     from .execute import execute
-    result = execute(plan, out_dir, force)
+    result = execute(plan, out_dir, force, ms_dir)
     click.echo(json.dumps(report.result_json(plan, result), indent=2) if as_json
                else report.result_text(plan, result))
 

@@ -1,8 +1,8 @@
 """Rooms four and five: run the plan tensor by tensor and write the output directory atomically.
 
-Memory holds at most the tensors of one output tensor at a time. Output goes to a hidden sibling
-directory that is renamed into place only when everything, provenance included, is written; a
-failure leaves no directory that looks complete.
+Memory holds at most the tensors of one output tensor at a time. Output goes to the hidden partial
+directory of an outdir.Transaction, renamed into place only when everything, provenance included, is
+written; a failure leaves no directory that looks complete.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .errors import ConvertError
 from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from .formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
+from .outdir import Transaction
 from .plan import Plan, PlannedTensor
 
 if TYPE_CHECKING:
@@ -106,35 +107,6 @@ def check_twins(plan: Plan) -> None:
         if a.shape != b.shape or a.dtype != b.dtype or not same_bytes(a.payload(), b.payload()):
             raise ConvertError(a.file, f"{dropped} differs from {kept}, but config.json says "
                                f"tie_word_embeddings=true", "fix tie_word_embeddings in config.json")
-
-
-def check_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse an existing OUT_DIR without force, before any work is done."""
-    if Path(out_dir).exists() and not force:
-        raise ConvertError(out_dir, "output directory already exists", "pass --force to replace it")
-
-
-def prepare_out_dir(out_dir: Path, force: bool) -> Path:
-    """The hidden temporary sibling of OUT_DIR to write into."""
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
-    if not out_dir.parent.is_dir():
-        raise ConvertError(out_dir.parent, "parent of the output directory does not exist")
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def commit_out_dir(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor]:
@@ -263,27 +235,38 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
     }
 
 
-def execute(plan: Plan, out_dir: Path, force: bool = False) -> Result:
+def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
+    """What OUT_DIR must stay clear of: the source as the user named it, and every file the plan reads."""
+    return [Path(given) if given is not None else plan.source.root, *plan.source.input_files()]
+
+
+def needed_bytes(plan: Plan) -> int:
+    """The size of the output, short of conversion.json and the weight files' headers."""
+    return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+            + sum(len(text.encode()) for text in plan.extra_files.values()))
+
+
+def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None) -> Result:
+    """Write the plan's output into OUT_DIR, all or nothing. `source` is the path the user gave (a
+    directory, or for ms2hf perhaps one checkpoint file); OUT_DIR may not overlap it or any input file."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    tmp = prepare_out_dir(out_dir, force)
     hashes = Hashes(plan.options.hash)
     try:
-        check_twins(plan)
-        for path in plan.source.input_files():
-            hashes.submit(path)
-        write_weights(plan, tmp, hashes)
-        for path in plan.source.tokenizer_files:
-            shutil.copyfile(path, tmp / path.name)
-        for name, text in plan.extra_files.items():
-            (tmp / name).write_text(text)
-        outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
-        record = provenance(plan, outputs, hashes)
-        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
-        commit_out_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with Transaction(out_dir, force, source_paths(plan, source), needed_bytes(plan)) as tx:
+            tmp = tx.partial
+            check_twins(plan)
+            for path in plan.source.input_files():
+                hashes.submit(path)
+            write_weights(plan, tmp, hashes)
+            for path in plan.source.tokenizer_files:
+                shutil.copyfile(path, tmp / path.name)
+            for name, text in plan.extra_files.items():
+                (tmp / name).write_text(text)
+            outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
+            record = provenance(plan, outputs, hashes)
+            (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+            tx.commit()
     finally:
         hashes.close()
     return Result(out_dir, outputs, record, time.perf_counter() - start)

@@ -1,0 +1,294 @@
+"""OUT_DIR is a transaction: it never overlaps a source, --force replaces only what is ours, the final
+rename never replaces anything it was not told to, dead runs' debris is reclaimed, a full disk is named."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, run_cli
+from converter import ConvertError, convert_hf2ms
+from converter.outdir import OutDirLock, rename_noreplace
+
+MHA = FIXTURES / "mha-untied-fp32"
+HOST = socket.gethostname()
+
+
+def tree_hash(root: Path) -> str:
+    """One hash of every name, link target and byte under root: any change to the tree changes it."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        h.update(str(path.relative_to(root)).encode())
+        if path.is_symlink():
+            h.update(b"-> " + os.readlink(path).encode())
+        elif path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def src_copy(tmp: Path, name: str = "src") -> Path:
+    return Path(shutil.copytree(MHA, tmp / name))
+
+
+def ms_output(tmp: Path, name: str = "ms") -> Path:
+    out = tmp / name
+    assert run_cli("hf2ms", MHA, out, "--format", "safetensors").returncode == 0
+    return out
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+# ---------------------------------------------------------------- never write over a source
+
+def test_hf2ms_into_its_own_source_is_refused_and_the_source_kept(tmp_path):
+    src = src_copy(tmp_path)
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", src, src, "--force"), str(src), "is the source directory")
+    assert tree_hash(tmp_path) == before
+
+
+def test_hf2ms_into_the_parent_of_its_source_is_refused_and_nothing_there_touched(tmp_path):
+    parent = tmp_path / "P"
+    src = src_copy(parent)
+    (parent / "unrelated.txt").write_text("keep me")
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", src, parent, "--force"), str(parent), "contains the source directory")
+    assert tree_hash(tmp_path) == before
+
+
+def test_ms2hf_into_its_own_source_is_refused_and_the_source_kept(tmp_path):
+    ms = ms_output(tmp_path)
+    before = tree_hash(tmp_path)
+    refused(run_cli("ms2hf", ms, ms, "--force"), str(ms), "is the source directory")
+    assert tree_hash(tmp_path) == before
+
+
+def test_hf2ms_onto_a_source_shard_is_refused_and_the_shard_kept(tmp_path):
+    src = src_copy(tmp_path)
+    before = tree_hash(tmp_path)
+    shard = src / "model.safetensors"
+    refused(run_cli("hf2ms", src, shard, "--force"), str(shard), str(src))
+    assert tree_hash(tmp_path) == before and shard.is_file()
+
+
+def test_an_output_inside_the_source_is_refused_even_when_new(tmp_path):
+    src = src_copy(tmp_path)
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", src, src / "converted"), "lies inside the source directory")
+    assert tree_hash(tmp_path) == before
+
+
+def test_source_files_reached_through_symlinks_are_protected(tmp_path):
+    # Like a HF cache snapshot, whose files are links into ../blobs: here the blobs are a previous
+    # llama-convert output, which --force would otherwise replace.
+    blobs = ms_output(tmp_path, "blobs")
+    hf = tmp_path / "hf"
+    assert run_cli("ms2hf", blobs, hf).returncode == 0
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for f in hf.iterdir():
+        if f.name != "conversion.json":
+            (snapshot / f.name).symlink_to(f)
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", snapshot, hf, "--force"), str(hf), "contains the source file")
+    assert tree_hash(tmp_path) == before
+
+
+def test_ms2hf_with_a_config_inside_out_dir_is_refused(tmp_path):
+    ms = ms_output(tmp_path)
+    previous = ms_output(tmp_path, "previous")
+    before = tree_hash(tmp_path)
+    refused(run_cli("ms2hf", ms, previous, "--config", previous / "llama_config.yaml", "--force"),
+            "contains the source file")
+    assert tree_hash(tmp_path) == before
+
+
+def test_the_library_api_refuses_too(tmp_path):
+    src = src_copy(tmp_path)
+    before = tree_hash(tmp_path)
+    with pytest.raises(ConvertError, match="is the source directory"):
+        convert_hf2ms(src, src, force=True)
+    assert tree_hash(tmp_path) == before
+
+
+# ---------------------------------------------------------------- what --force may replace
+
+def test_force_refuses_a_directory_that_is_not_a_llama_convert_output(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", MHA, out, "--force"), str(out), "not a llama-convert output", "refusing to delete")
+    assert tree_hash(tmp_path) == before
+
+
+def test_force_refuses_a_directory_whose_conversion_json_is_someone_elses(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "conversion.json").write_text(json.dumps({"tool": "other-tool"}))
+    refused(run_cli("hf2ms", MHA, out, "--force"), "not a llama-convert output")
+    assert (out / "conversion.json").exists()
+
+
+def test_force_replaces_an_empty_directory(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run_cli("hf2ms", MHA, out, "--force").returncode == 0
+    assert (out / "model.ckpt").is_file()
+
+
+def test_force_refuses_a_regular_file(tmp_path):
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    refused(run_cli("hf2ms", MHA, out, "--force"), str(out), "not a directory")
+    assert out.read_text() == "not a directory"
+
+
+def test_force_on_a_symlink_replaces_the_link_and_never_its_target(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.symlink_to(target)
+    before = tree_hash(target)
+    proc = run_cli("hf2ms", MHA, out, "--force")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert not out.is_symlink() and (out / "model.ckpt").is_file()
+    assert tree_hash(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # no .old or partial left
+
+
+def test_a_dangling_symlink_counts_as_existing_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere")
+    refused(run_cli("hf2ms", MHA, out), "already exists")
+    assert out.is_symlink()
+
+
+# ---------------------------------------------------------------- the final rename
+
+def test_the_final_rename_never_replaces_even_an_empty_directory(tmp_path):
+    # A plain rename(2) silently replaces an empty directory; the one used to commit must not.
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "f").write_text("x")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError):
+        rename_noreplace(tmp_path / "new", tmp_path / "taken")
+    assert (tmp_path / "new" / "f").exists() and not any((tmp_path / "taken").iterdir())
+
+
+def test_the_fallback_lock_admits_one_writer_per_out_dir_and_leaves_no_file(tmp_path):
+    first, second = OutDirLock(tmp_path / "out"), OutDirLock(tmp_path / "out")
+    first.acquire()
+    with pytest.raises(ConvertError, match="another run is writing"):
+        second.acquire()
+    OutDirLock(tmp_path / "other").acquire()  # another OUT_DIR is not held up
+    first.release()
+    second.acquire()
+    second.release()
+    assert not (tmp_path / ".out.lock").exists()
+
+
+# ---------------------------------------------------------------- debris of dead runs
+
+def test_a_dead_runs_partial_directory_is_reclaimed_by_the_next_run(tmp_path):
+    pid = dead_pid()
+    debris = tmp_path / f".out.partial-{HOST}-{pid}"
+    debris.mkdir()
+    (debris / "model.ckpt").write_bytes(b"\0" * 1000)
+    proc = run_cli("hf2ms", MHA, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert f"left by dead process {pid}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_partials_of_live_owners_other_hosts_and_other_out_dirs_are_left_alone(tmp_path):
+    pid = dead_pid()
+    kept = [tmp_path / f".out.partial-{HOST}-{os.getpid()}",      # alive: the test itself
+            tmp_path / f".out.partial-otherhost-{pid}",            # not ours to judge
+            tmp_path / f".out2.partial-{HOST}-{pid}",              # another OUT_DIR's
+            tmp_path / f".out.partial-{HOST}-{pid}-notes"]         # not a name we give
+    for d in kept:
+        d.mkdir()
+        (d / "file").write_text("x")
+    assert run_cli("hf2ms", MHA, tmp_path / "out").returncode == 0
+    assert all((d / "file").exists() for d in kept)
+
+
+def test_a_previous_output_moved_aside_by_a_dead_run_is_restored_when_out_dir_is_missing(tmp_path):
+    previous = ms_output(tmp_path, "previous")
+    before = tree_hash(previous)
+    aside = tmp_path / f".out.old-{HOST}-{dead_pid()}"
+    previous.rename(aside)  # the dead run got this far: OUT_DIR moved aside, the new one not yet in place
+    proc = run_cli("hf2ms", MHA, tmp_path / "out")
+    assert "restored" in proc.stderr
+    refused_line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "already exists" in refused_line
+    assert tree_hash(tmp_path / "out") == before and not aside.exists()
+
+
+def test_a_previous_output_left_aside_after_a_completed_replacement_is_removed(tmp_path):
+    out = ms_output(tmp_path, "out")
+    aside = ms_output(tmp_path, f".out.old-{HOST}-{dead_pid()}")
+    assert run_cli("hf2ms", MHA, out, "--force").returncode == 0
+    assert not aside.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real, small filesystem: mount a tmpfs of the size asked for."""
+    mounts = []
+
+    def make(size: int) -> Path:
+        where = tmp_path / f"fs{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root in a sandbox that allows it")
+        mounts.append(where)
+        return where
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_plan_that_does_not_fit_is_refused_before_writing(small_fs):
+    fs = small_fs(64 * 1024)
+    proc = run_cli("hf2ms", MHA, fs / "out")
+    refused(proc, str(fs / "out"), "not enough free space", "needs 461.1 KB", "65.5 KB is free")
+    assert list(fs.iterdir()) == []
+
+
+def test_disk_full_while_writing_names_the_output_and_what_it_needs(tmp_path, small_fs):
+    # A filesystem with room for every output file but conversion.json, the one file not in the plan's
+    # estimate: the up-front check passes and the write runs out of space.
+    sample = ms_output(tmp_path, "sample")
+    page = 4096
+    room = sum(-(-f.stat().st_size // page) * page for f in sample.iterdir() if f.name != "conversion.json")
+    fs = small_fs(room)
+    proc = run_cli("hf2ms", MHA, fs / "out", "--format", "safetensors")
+    refused(proc, str(fs / "out"), "disk full", "needs 461.1 KB", "was free")
+    assert list(fs.iterdir()) == []  # the partial directory is gone
