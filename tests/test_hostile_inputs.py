@@ -99,6 +99,16 @@ def dump_yaml(value) -> str:
     return text
 
 
+@st.composite
+def weighted(draw, *choices: tuple[int, st.SearchStrategy]):
+    """one_of with weights (one_of draws its branches about evenly, and folds repeated ones)."""
+    pick = draw(st.integers(0, sum(w for w, _ in choices) - 1))
+    for w, strategy in choices:
+        if pick < w:
+            return draw(strategy)
+        pick -= w
+
+
 NUMBERS = st.one_of(
     st.sampled_from([0, -1, 1, 2**31, 2**63, 2**64, 10**30, 1e308, -1e308, 0.5, -0.0,
                      math.inf, -math.inf, math.nan]),
@@ -107,14 +117,15 @@ NUMBERS = st.one_of(
 )
 STRINGS = st.sampled_from(["", "../x", "/etc/passwd", "../../../../etc/passwd", "4", "eight", "NaN",
                            "model.safetensors", "config.json", "\u0000", "\u00e9\u00e9"])
-HOSTILE = st.one_of(
-    NUMBERS,
-    STRINGS,
-    st.sampled_from([2, 100, 10**5]).map(Deep),
-    st.none(),
-    st.booleans(),
-    st.lists(st.integers(-3, 10**6), max_size=3),
-    st.dictionaries(st.sampled_from(["factor", "type", "rope_type", "x"]), st.integers(-1, 10), max_size=2),
+# The values that break validation most often, drawn as often as all the rest together.
+EDGES = st.sampled_from([0, -1, None, "", True, [], {}, 10**8, 2**63, math.inf, math.nan, "4", "../x"])
+HOSTILE = weighted(
+    (8, EDGES),
+    (3, NUMBERS),
+    (2, STRINGS),
+    (1, st.sampled_from([2, 100, 10**5]).map(Deep)),
+    (1, st.lists(st.integers(-3, 10**6), max_size=3)),
+    (1, st.dictionaries(st.sampled_from(["factor", "type", "rope_type", "x"]), st.integers(-1, 10), max_size=2)),
 )
 TYPES = ("int", "str", "float", "list", "dict", "null", "bool")
 
@@ -125,7 +136,7 @@ def swapped(value, kind: str):
     if kind == "int":
         return int(number) if number is not None and math.isfinite(number) else 7
     if kind == "str":
-        return value if isinstance(value, str) and value == "" else json.dumps(value)
+        return value if isinstance(value, str) and value == "" else dump_json(value)
     if kind == "float":
         return float(number) if number is not None else 7.0
     if kind == "list":
@@ -138,7 +149,7 @@ def swapped(value, kind: str):
 
 
 def paths(doc, prefix=()) -> list[tuple]:
-    """Every place in a document: the root, each object member and each list item, nested."""
+    """Every place in a document: the root (the empty path), each object member and each list item, nested."""
     out = [prefix]
     if isinstance(doc, dict) and not isinstance(doc, Pairs):
         for k, v in doc.items():
@@ -155,16 +166,20 @@ def at(doc, path: tuple):
     return doc
 
 
+# Mostly values that lie, sometimes structure that lies; rarely a document that is not an object.
+EDITS = st.sampled_from(("replace",) * 6 + ("swap",) * 4 + ("delete",) * 2 + ("duplicate",) * 2 + ("deep", "root"))
+
+
 @st.composite
 def mutated_document(draw, doc):
     """1 to 3 edits of a parsed document: delete, replace with a hostile value, swap a type, nest deep,
     duplicate a key."""
     doc = copy.deepcopy(doc)
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(paths(doc)))
-        edit = draw(st.sampled_from(("delete", "replace", "swap", "deep", "duplicate")))
-        if not path:  # the root itself: replace it by a non-object
+        edit = draw(EDITS)
+        if edit == "root":  # the document is not an object at all
             return draw(st.one_of(HOSTILE, st.sampled_from(TYPES).map(lambda k: swapped({}, k))))
+        path = draw(st.sampled_from(paths(doc)[1:] or [("x",)]))
         parent, key = at(doc, path[:-1]), path[-1]
         if isinstance(parent, Pairs):
             continue
@@ -212,7 +227,20 @@ def mutated_safetensors(draw, path: Path) -> bytes:
     """A structurally edited header, raw bytes mutated, or a lying length field."""
     raw = path.read_bytes()
     header, data = split_safetensors(path)
-    kind = draw(st.sampled_from(("header", "header", "bytes", "length")))
+    kind = draw(st.sampled_from(("header", "offsets", "bytes", "length")))
+    if kind == "offsets":
+        # A tensor moved onto another's bytes, into a gap or past the end, keeping its own length: the
+        # header stays self-consistent per tensor, only the layout lies.
+        names = sorted(k for k in header if k != "__metadata__")
+        victim = header[draw(st.sampled_from(names))]
+        begin, end = victim["data_offsets"]
+        starts = sorted({header[k]["data_offsets"][0] for k in names} | {len(data)})
+        new = draw(st.one_of(st.sampled_from(starts), st.integers(0, len(data))))
+        victim["data_offsets"] = [new, new + end - begin]
+        kind = "header-as-is"
+    if kind == "header-as-is":
+        blob = json.dumps(header).encode()
+        return struct.pack("<Q", len(blob)) + blob + data
     if kind == "header":
         blob = dump_json(draw(mutated_document(header))).encode()
         return struct.pack("<Q", len(blob)) + blob + data
@@ -339,6 +367,35 @@ def ms_dirs(tmp_path_factory) -> list[Path]:
     return built
 
 
+# What config.json says and what llama_config.yaml says of the same thing (HF key, MindFormers key).
+SAME_FACT = (("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
+             ("num_attention_heads", "num_heads"), ("num_hidden_layers", "num_layers"), ("vocab_size", "vocab_size"),
+             ("num_key_value_heads", "n_kv_heads"), ("max_position_embeddings", "max_position_embedding"),
+             ("rope_theta", "theta"), ("rms_norm_eps", "rms_norm_eps"))
+COUNTS = ("hidden_size", "intermediate_size", "num_heads", "num_layers", "vocab_size", "n_kv_heads",
+          "max_position_embedding", "seq_length")
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def assert_tells_the_truth(hf: dict, mc: dict, said: str) -> None:
+    """A conversion that succeeded wrote sane sizes, and the very numbers of the file it read."""
+    mc = {**mc, "n_kv_heads": mc.get("n_kv_heads") or mc.get("num_heads")}  # absent means MHA
+    for key in COUNTS:
+        if key in mc:
+            assert isinstance(mc[key], int) and not isinstance(mc[key], bool) and mc[key] > 0, \
+                f"{said}; wrote {key}: {mc[key]!r}"
+    for key in ("theta", "rms_norm_eps"):
+        if key in mc:
+            assert is_number(mc[key]) and mc[key] > 0, f"{said}; wrote {key}: {mc[key]!r}"
+    for hf_key, ms_key in SAME_FACT:
+        if hf.get(hf_key) is not None:
+            assert hf[hf_key] == mc.get(ms_key), \
+                f"{said}; config.json {hf_key}: {hf[hf_key]!r} became {ms_key}: {mc.get(ms_key)!r}"
+
+
 HF_COMMANDS = st.sampled_from(("hf2ms", "hf2ms", "hf2ms", "hf2ms-safetensors", "inspect", "diff"))
 MS_COMMANDS = st.sampled_from(("ms2hf", "ms2hf", "ms2hf", "inspect", "diff"))
 
@@ -349,7 +406,11 @@ def check_hf(run, command: str, src: Path, original: Path) -> Outcome:
     if command == "diff":
         return check(run, "diff", src, original)
     fmt = ("--format", "safetensors") if command == "hf2ms-safetensors" else ()
-    return check(run, "hf2ms", src, src.parent / "out", *fmt, writes=True)
+    outcome = check(run, "hf2ms", src, src.parent / "out", *fmt, writes=True)
+    if outcome.code == 0:
+        mc = yaml.safe_load((src.parent / "out/llama_config.yaml").read_text())["model"]["model_config"]
+        assert_tells_the_truth(json.loads((src / "config.json").read_text()), mc, "hf2ms exit 0")
+    return outcome
 
 
 def check_ms(run, command: str, src: Path, hf_twin: Path) -> Outcome:
@@ -357,7 +418,11 @@ def check_ms(run, command: str, src: Path, hf_twin: Path) -> Outcome:
         return check(run, "inspect", src)
     if command == "diff":
         return check(run, "diff", src, hf_twin)
-    return check(run, "ms2hf", src, src.parent / "out", writes=True)
+    outcome = check(run, "ms2hf", src, src.parent / "out", writes=True)
+    if outcome.code == 0:
+        mc = yaml.safe_load((src / "llama_config.yaml").read_text())["model"]["model_config"]
+        assert_tells_the_truth(json.loads((src.parent / "out/config.json").read_text()), mc, "ms2hf exit 0")
+    return outcome
 
 
 def twin_of(ms_dir: Path) -> Path:
@@ -371,8 +436,8 @@ def twin_of(ms_dir: Path) -> Path:
        name=st.sampled_from(("config.json", "config.json", "generation_config.json")), command=HF_COMMANDS)
 def test_any_config_json_converts_or_is_refused_in_one_line(scratch, data, fixture, name, command):
     raw = (fixture / name).read_bytes()
-    mutation = data.draw(st.one_of(mutated_document(json.loads(raw)).map(dump_json).map(str.encode),
-                                   mutated_bytes(raw, len(raw))))
+    edited = mutated_document(json.loads(raw)).map(dump_json).map(str.encode)
+    mutation = data.draw(weighted((3, edited), (1, mutated_bytes(raw, len(raw)))))
     with workdir(scratch, fixture) as src:
         (src / name).write_bytes(mutation)
         check_hf(in_process, command, src, fixture)
@@ -392,9 +457,9 @@ def test_any_real_config_converts_or_is_refused_in_one_line(scratch, data, fixtu
 @fuzz(40)
 @given(data=st.data(), command=HF_COMMANDS)
 def test_any_checkpoint_index_converts_or_is_refused_in_one_line(scratch, data, command):
-    text = (SHARDED / "model.safetensors.index.json").read_text()
-    mutation = data.draw(st.one_of(mutated_document(json.loads(text)).map(dump_json).map(str.encode),
-                                   mutated_bytes(text.encode(), len(text))))
+    raw = (SHARDED / "model.safetensors.index.json").read_bytes()
+    edited = mutated_document(json.loads(raw)).map(dump_json).map(str.encode)
+    mutation = data.draw(weighted((3, edited), (1, mutated_bytes(raw, len(raw)))))
     with workdir(scratch, SHARDED) as src:
         (src / "model.safetensors.index.json").write_bytes(mutation)
         check_hf(in_process, command, src, SHARDED)
@@ -435,9 +500,9 @@ def test_any_pytorch_bin_converts_or_is_refused_in_one_line(scratch, data, weigh
 @given(data=st.data(), which=st.integers(0, 1), command=MS_COMMANDS)
 def test_any_mindformers_yaml_converts_back_or_is_refused_in_one_line(scratch, ms_dirs, data, which, command):
     ms_dir = ms_dirs[which]
-    text = (ms_dir / "llama_config.yaml").read_text()
-    mutation = data.draw(st.one_of(mutated_document(yaml.safe_load(text)).map(dump_yaml).map(str.encode),
-                                   mutated_bytes(text.encode(), len(text))))
+    raw = (ms_dir / "llama_config.yaml").read_bytes()
+    edited = mutated_document(yaml.safe_load(raw)).map(dump_yaml).map(str.encode)
+    mutation = data.draw(weighted((3, edited), (1, mutated_bytes(raw, len(raw)))))
     with workdir(scratch, ms_dir) as src:
         (src / "llama_config.yaml").write_bytes(mutation)
         check_ms(in_process, command, src, twin_of(ms_dir))
