@@ -23,6 +23,7 @@ import struct
 import subprocess
 import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,16 +288,24 @@ class Outcome:
     crash: str | None  # the traceback the user would have seen, if any
 
 
+# Warnings a Python process does not print unless asked to.
+SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
 def in_process(*args) -> Outcome:
     try:
-        with bounded():
+        with bounded(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             result = CliRunner().invoke(main, [str(a) for a in args])
     except Hang as e:
         return Outcome(-1, "", f"hang: {e}")
     crash = None
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         crash = "".join(traceback.format_exception(*result.exc_info))
-    return Outcome(result.exit_code, result.stderr, crash)
+    # The console script would print these on stderr, beside the one line of the error.
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                    for w in caught if not issubclass(w.category, SILENT_WARNINGS))
+    return Outcome(result.exit_code, shown + result.stderr, crash)
 
 
 def as_subprocess(*args) -> Outcome:
