@@ -21,6 +21,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import traceback
 import warnings
@@ -308,9 +309,17 @@ def in_process(*args) -> Outcome:
     return Outcome(result.exit_code, shown + result.stderr, crash)
 
 
+def _cap_memory() -> None:
+    # Private memory only (not the mapped libraries): 10**8 layers must fail here, not wake the OOM killer.
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_HEADROOM + (1 << 30), resource.RLIM_INFINITY))
+
+
 def as_subprocess(*args) -> Outcome:
+    """The installed console script, as conftest.run_cli runs it, with a memory cap."""
+    exe = Path(sys.executable).parent / "llama-convert"
     try:
-        proc = run_cli(*args, timeout=SUBPROCESS_SECONDS)
+        proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                              timeout=SUBPROCESS_SECONDS, preexec_fn=_cap_memory)
     except subprocess.TimeoutExpired:
         return Outcome(-1, "", f"hang: no answer after {SUBPROCESS_SECONDS} s")
     return Outcome(proc.returncode, proc.stderr, proc.stderr if "Traceback" in proc.stderr else None)
