@@ -85,7 +85,8 @@ def _refusal(path: Path, e: Exception) -> ConvertError:
 
 def _loader(t):
     def load():
-        c = t.contiguous()
+        # A tensor saved with requires_grad=True carries autograd state; its values are all we read.
+        c = t.detach().contiguous()
         # numpy has no bfloat16: hand over the bit pattern.
         if str(c.dtype) == "torch.bfloat16":
             import torch
