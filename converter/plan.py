@@ -9,6 +9,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import yaml
 
@@ -78,12 +79,13 @@ class Plan:
         return ops.OpContext(self.model_config["num_heads"], self.model_config["n_kv_heads"])
 
 
-def weights_dtype(source: HFSource) -> str:
-    """The dtype most of the weight bytes are stored in (configs sometimes say otherwise)."""
+def weights_dtype(tensors: Iterable) -> str:
+    """The dtype most of the weight bytes are in (configs sometimes say otherwise). `tensors`: anything
+    with dtype and nbytes, source tensors or planned ones."""
     by_bytes: Counter = Counter()
-    for t in source.tensors.values():
+    for t in tensors:
         by_bytes[t.dtype] += t.nbytes
-    return by_bytes.most_common(1)[0][0]
+    return by_bytes.most_common(1)[0][0] if by_bytes else "none"
 
 
 def build_plan(source: HFSource, options: Options, table: Table | None = None) -> Plan:
@@ -91,7 +93,7 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     if not source.tensors:
         raise ConvertError(source.weight_files[0], "holds no tensors")
     gen_path = source.root / "generation_config.json"
-    translation = translate(table, source.config, source.generation_config, options, weights_dtype(source),
+    translation = translate(table, source.config, source.generation_config, options, weights_dtype(source.tensors.values()),
                             source.config_file, gen_path)
     mc = translation.model_config
     refuse_layer_count(source, [spec["name"] for spec in table.hf_tensors.values()], mc["num_layers"],

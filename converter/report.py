@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .execute import Result
-from .plan import Plan
+from .plan import Plan, weights_dtype
 
 
 def _size(n: int) -> str:
@@ -51,8 +51,8 @@ def result_text(plan: Plan, result: Result) -> str:
     casts = [t for t in plan.tensors if t.cast]
     lines = [f"converted {plan.source.root} -> {result.out_dir} in {result.seconds:.2f} s",
              f"  {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, format {plan.options.format}"
-             f"{', qkv_concat' if plan.options.qkv_concat else ''}, dtype {plan.model_config['param_init_type']}"
-             f", tie_word_embeddings {plan.model_config['tie_word_embeddings']}"]
+             f"{', qkv_concat' if plan.options.qkv_concat else ''}, dtype {weights_dtype(plan.tensors)}"
+             f", tie_word_embeddings {plan.model_config.get('tie_word_embeddings', False)}"]
     if casts:
         kinds = sorted({t.cast for t in casts})
         lossless = all(t.dtype == "float32" for t in casts)  # every float we read widens to float32 exactly
