@@ -199,9 +199,21 @@ def check_fields(specs: dict[str, dict], data: dict, where: object, prefix: str 
         value = data[key]
         bad = problem(spec["type"], value)
         if bad:
-            raise ConvertError(where, f"{name}: {bad}")
+            raise ConvertError(where, f"{name}: {bad}", _quoted_number_hint(value))
         if isinstance(value, dict) and spec.get("fields"):
             check_fields({k: {"type": t} for k, t in spec["fields"].items()}, value, where, f"{name}.")
+
+
+def _quoted_number_hint(value: object) -> str | None:
+    """A number that arrived as a string was usually quoted by hand, or written the way YAML 1.1 misreads."""
+    if not isinstance(value, str):
+        return None
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return ("write the number without quotes; in YAML write 1.0e-05 rather than 1e-05, which YAML 1.1 "
+            "readers (PyYAML, and so MindFormers) take for a string")
 
 
 def _expects(type_names: str | list[str]) -> str:

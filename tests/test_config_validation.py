@@ -201,6 +201,16 @@ def test_ms2hf_refuses_a_bad_yaml_naming_file_and_key(ms_dir, tmp_path, edit, ne
     assert not out.exists()
 
 
+def test_a_number_yaml_reads_as_a_string_is_refused_with_the_spelling_that_works(ms_dir, tmp_path):
+    # YAML 1.1 (PyYAML, and so MindFormers) reads 1e-05 without a dot as the string "1e-05".
+    src = tmp_path / "ms"
+    shutil.copytree(ms_dir, src)
+    path = src / "llama_config.yaml"
+    path.write_text(path.read_text().replace("rms_norm_eps: 1.0e-05", "rms_norm_eps: 1e-05"))
+    refused(run_cli("ms2hf", src, tmp_path / "hf"), "llama_config.yaml",
+            'model_config.rms_norm_eps: "1e-05" is a string', "write 1.0e-05 rather than 1e-05")
+
+
 @pytest.mark.parametrize("command", ["diff", "verify"])
 @pytest.mark.parametrize("edit,needle", [YAML_CASES[0], YAML_CASES[1], YAML_CASES[7]],
                          ids=[YAML_IDS[0], YAML_IDS[1], YAML_IDS[7]])
