@@ -11,6 +11,7 @@ import numpy as np
 from .dtypes import dtype as dtype_info, to_float32
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
+from .formats.files import check_regular
 from .formats.payload import read_all
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
@@ -31,6 +32,8 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
     path = Path(path)
     if not path.exists():
         raise ConvertError(path, "not found")
+    if not path.is_dir():
+        check_regular(path, "checkpoint file")  # a FIFO or device is refused for what it is
     side = "ms" if _is_ms(path) else "hf"
     if path.is_file():
         if path.suffix == ".ckpt":

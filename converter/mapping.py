@@ -12,6 +12,7 @@ import yaml
 
 from . import ops, value_types
 from .errors import ConvertError
+from .formats.files import read_small
 
 DEFAULT_TABLE = "llama"
 
@@ -78,11 +79,9 @@ def safe_yaml(text: str | bytes):
 
 def load_table(name: str = DEFAULT_TABLE) -> Table:
     path = Path(name) if name.endswith((".yaml", ".yml")) else tables_dir() / f"{name}.yaml"
+    raw = read_small(path, "mapping table")
     try:
-        raw = path.read_bytes()
         data = safe_yaml(raw)
-    except FileNotFoundError:
-        raise ConvertError(path, "mapping table not found") from None
     except yaml.YAMLError as e:
         raise ConvertError(path, f"mapping table is not valid YAML: {str(e).splitlines()[0]}") from None
     table = Table(data["name"], path, hashlib.sha256(raw).hexdigest(), data)

@@ -71,6 +71,9 @@ def read_ms_headers(files: list[Path]) -> tuple[dict[str, TensorRef], dict[str, 
         else:
             refs = list(st.read_header(f)[0].values())
         for ref in refs:
+            if ref.name in tensors:  # which copy is the weight? Guessing could change the model
+                raise ConvertError(f, f"tensor {ref.name!r} is also in {tensors[ref.name].file.name}",
+                                   "a checkpoint holds each parameter once; remove the stray file")
             tensors[ref.name] = ref
             shard_of[ref.name] = i
     return tensors, shard_of, others

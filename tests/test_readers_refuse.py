@@ -91,6 +91,34 @@ def test_ms2hf_refuses_a_fifo_in_place_of_an_input(tmp_path, ms_dir, name):
     assert_rejected(tmp_path, src, name, "is a FIFO", command="ms2hf", timeout=60)
 
 
+def test_inspect_of_a_fifo_says_it_is_a_fifo(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    proc = run_cli("inspect", fifo, timeout=60)
+    assert proc.returncode == 2 and "is a FIFO" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_a_mapping_table_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    import subprocess
+    import sys
+    fifo = tmp_path / "table.yaml"
+    os.mkfifo(fifo)
+    code = ("from converter import ConvertError, Options, plan_hf2ms\n"
+            f"try: plan_hf2ms({str(MHA)!r}, Options(table={str(fifo)!r}))\n"
+            "except ConvertError as e: print(e.one_line())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "table.yaml" in done.stdout and "is a FIFO" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_tensor_in_two_mindspore_files_is_refused_not_picked(tmp_path):
+    out = tmp_path / "ms"
+    assert run_cli("hf2ms", SHARDED, out, "--format", "safetensors").returncode == 0
+    shards = sorted(out.glob("model-*.safetensors"))
+    stray = out / "model-copy.safetensors"
+    shutil.copyfile(shards[0], stray)  # the same parameters a second time, as a stray copy would
+    assert_rejected(tmp_path, out, "is also in", command="ms2hf")
+
+
 # ---------------------------------------------------------------- safetensors: the reference's invariants
 
 def st_parts(path: Path) -> tuple[list[tuple[str, object]], bytes]:
