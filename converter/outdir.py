@@ -320,16 +320,14 @@ class Transaction:
         if self.needed > self.free:
             raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
                                f"{_human(self.free)} is free there", "free some space or choose another OUT_DIR")
-        self._catch_signals()
         try:
+            self._catch_signals()
             self.partial.mkdir()
             if not _noreplace_works(self.partial):
                 self._lock = OutDirLock(self.out)
                 self._lock.acquire()
-        except BaseException as e:
-            self._cleanup()
-            self._restore_signals()
-            self._refuse_disk_full(e)
+        except BaseException as e:  # a signal can land here too, once the partial directory exists
+            self._end(e)
             raise
         return self
 
@@ -363,6 +361,10 @@ class Transaction:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        """Remove what is not committed, give back the signals, and end as the error asks."""
         die_by_sigterm = isinstance(error, Terminated) and self._handlers.get(signal.SIGTERM) is signal.SIG_DFL
         try:
             if not self.committed:
