@@ -1,6 +1,7 @@
 """Shared paths and helpers. The tests use real components only: real files, real mindspore."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -34,20 +35,39 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def refused(proc: subprocess.CompletedProcess, *needles: str, absent: tuple[str, ...] = ()) -> str:
+    """The run refused its input as the user must see it: exit 2, one stderr line, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    for word in absent:
+        assert word not in err, err
+    return err
+
+
 def assert_rejected(tmp: Path, src: Path, *needles: str, extra: tuple[str, ...] = (), command: str = "hf2ms",
                     timeout: int = 120) -> str:
     """`command src tmp/out` refuses: exit 2, one stderr line naming the needles, nothing written.
     The timeout makes a run that hangs (a FIFO opened for reading) fail instead of blocking the suite."""
     out = tmp / "out"
-    proc = run_cli(command, src, out, *extra, timeout=timeout)
-    err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
+    err = refused(run_cli(command, src, out, *extra, timeout=timeout), *needles)
     assert not out.exists()
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".out")] == []  # no partial sibling either
     return err
+
+
+def tree_hash(root: Path) -> str:
+    """One hash of every name, link target and byte under root: any change to the tree changes it."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        h.update(str(path.relative_to(root)).encode())
+        if path.is_symlink():
+            h.update(b"-> " + os.readlink(path).encode())
+        elif path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, refused, run_cli
 from converter import Options, convert_hf2ms
 from converter.errors import ConvertError
 from converter.mapping import load_table, tables_dir
@@ -21,17 +21,6 @@ from converter.mapping import load_table, tables_dir
 MHA = FIXTURES / "mha-untied-fp32"       # 4 heads, 4 KV heads, 2 layers, no rope scaling
 LLAMA3 = FIXTURES / "gqa-llama3-rope"    # llama3 rope scaling, generation_config.json
 GQA = FIXTURES / "gqa-linear-rope"       # 4 heads, 2 KV heads
-
-
-def refused(proc, *needles: str, absent: tuple[str, ...] = ()) -> str:
-    err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], err)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    for word in absent:
-        assert word not in err, err
-    return err
 
 
 def hf_copy(src: Path, tmp: Path, config: dict | None = None, generation: dict | None = None) -> Path:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
-import os
 import resource
 import shutil
 import signal
@@ -33,7 +31,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import FIXTURE_DIRS, FIXTURES, REAL_CONFIG_FILES, run_cli
+from conftest import FIXTURE_DIRS, FIXTURES, REAL_CONFIG_FILES, run_cli, tree_hash
 from converter.cli import main
 
 SHARDED = FIXTURES / "gqa-tied-bf16-sharded"
@@ -325,15 +323,10 @@ def as_subprocess(*args) -> Outcome:
     return Outcome(proc.returncode, proc.stderr, proc.stderr if "Traceback" in proc.stderr else None)
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
-
-
 def check(run, command: str, src: Path, *rest: Path | str, writes: bool = False) -> Outcome:
     """Run `command src [rest]` in src's parent (OUT_DIR, if any, is its sibling `out`) and check the property."""
     work = src.parent
-    before = tree_digest(src)
+    before = tree_hash(src)
     outcome = run(command, src, *rest)
     said = f"{command} {src.name}: exit {outcome.code}, stderr {outcome.stderr!r}"
     crashed = outcome.crash is not None
@@ -352,7 +345,7 @@ def check(run, command: str, src: Path, *rest: Path | str, writes: bool = False)
             assert (out / f["name"]).stat().st_size == f["size"], f"{said}; {f['name']} is incomplete"
     else:
         assert left == [], f"{said}; left behind: {left}"
-    assert tree_digest(src) == before, f"{said}; the source was modified"
+    assert tree_hash(src) == before, f"{said}; the source was modified"
     return outcome
 
 

@@ -2,7 +2,6 @@
 rename never replaces anything it was not told to, dead runs' debris is reclaimed, a full disk is named."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,24 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, refused, run_cli, tree_hash
 from converter import ConvertError, convert_hf2ms
 from converter.outdir import OutDirLock, rename_noreplace
 
 MHA = FIXTURES / "mha-untied-fp32"
 HOST = socket.gethostname()
-
-
-def tree_hash(root: Path) -> str:
-    """One hash of every name, link target and byte under root: any change to the tree changes it."""
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            h.update(b"-> " + os.readlink(path).encode())
-        elif path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def src_copy(tmp: Path, name: str = "src") -> Path:
@@ -41,15 +28,6 @@ def ms_output(tmp: Path, name: str = "ms") -> Path:
     out = tmp / name
     assert run_cli("hf2ms", MHA, out, "--format", "safetensors").returncode == 0
     return out
-
-
-def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, err)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def dead_pid() -> int:
