@@ -13,15 +13,14 @@ Guarantees, for runs nobody watches:
 """
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import fcntl
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -29,7 +28,7 @@ from types import TracebackType
 
 from .errors import ConvertError
 
-HOST = socket.gethostname() or "localhost"
+HOST = os.uname().nodename or "localhost"  # what socket.gethostname() says, without importing socket
 CONVERSION_RECORD = "conversion.json"
 _RECORD_LIMIT = 256 << 20  # a conversion.json is a few MB at most; anything bigger is not ours
 _CLOCK_SLACK = 2.0         # /proc start times are whole seconds plus ticks: allow for rounding
@@ -119,16 +118,23 @@ def check_out_dir(out: Path, force: bool, sources: list[Path] | tuple[Path, ...]
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
+
+
+@functools.cache
+def _renameat2():
+    """libc's renameat2, or None. Looked up at the first rename: ctypes costs start-up time every command pays."""
+    import ctypes
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename src to dst, failing with FileExistsError if dst exists (as anything, even a dangling link)."""
-    if _renameat2 is None:
+    renameat2 = _renameat2()
+    if renameat2 is None:
         raise RenameUnsupported(errno.ENOSYS, "renameat2 is not available", str(dst))
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return
+    import ctypes  # loaded by _renameat2 already
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL):
         raise RenameUnsupported(err, "this filesystem cannot rename without replacing", str(dst))
