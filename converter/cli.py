@@ -96,7 +96,8 @@ def main() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
               help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--force", is_flag=True,
+              help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
 @click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
               help="sha256 of every input and output file in conversion.json (costs a read of each).")
 @click.option("--verify", "then_verify", is_flag=True,
@@ -153,7 +154,8 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
 @click.option("--dry-run", is_flag=True, help="Print the plan and config.json; write nothing.")
 @click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
               help="sha256 of every input and output file in conversion.json.")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--force", is_flag=True,
+              help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shard_size: int, dry_run: bool,
           do_hash: bool, force: bool, as_json: bool) -> None:
