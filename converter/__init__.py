@@ -8,12 +8,11 @@ Library API (the CLI is a thin layer over it):
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from pathlib import Path
 
 from .errors import ConvertError
 from .options import Options
+from .version import __version__
 
 
 def plan_hf2ms(src: str | Path, options: Options | None = None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import ConvertError
 from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
 from .outdir import Terminated, check_out_dir, raise_terminated

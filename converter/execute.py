@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, ops
+from . import ops
 from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
 from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
@@ -26,6 +26,7 @@ from .formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
 from .outdir import Transaction
 from .plan import Plan, PlannedTensor
+from .version import __version__
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,13 +13,14 @@ from typing import Iterable
 
 import yaml
 
-from . import __version__, ops
+from . import ops
 from .config_rules import Translation, translate
 from .dtypes import FLOATS, dtype as _dtype
 from .errors import ConvertError
 from .mapping import Table, describe_layers, eval_dim, holds, layer_names, layers_present, load_table, pattern_regex
 from .options import Options
 from .source import HFSource
+from .version import __version__
 
 
 @dataclass(frozen=True)
