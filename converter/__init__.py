@@ -23,7 +23,7 @@ def plan_hf2ms(src: str | Path, options: Options | None = None):
 
 
 def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
-    """Convert a HF Llama directory into a MindFormers directory; returns an execute.Result."""
+    """Convert a HF Llama directory into a MindFormers directory; returns a report.Result."""
     from .execute import execute
     from .outdir import check_out_dir
     check_out_dir(Path(out), force, [Path(src)])
