@@ -8,23 +8,22 @@ Library API (the CLI is a thin layer over it):
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from pathlib import Path
 
 from .errors import ConvertError
 from .options import Options
+from .version import __version__
 
 
 def plan_hf2ms(src: str | Path, options: Options | None = None):
     """The full conversion plan from headers alone: nothing is read beyond headers, nothing written."""
     from .plan import build_plan
-    from .source import open_hf_dir
+    from .hf_source import open_hf_dir
     return build_plan(open_hf_dir(Path(src)), options or Options())
 
 
 def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
-    """Convert a HF Llama directory into a MindFormers directory; returns an execute.Result."""
+    """Convert a HF Llama directory into a MindFormers directory; returns a report.Result."""
     from .execute import execute
     from .outdir import check_out_dir
     check_out_dir(Path(out), force, [Path(src)])
@@ -33,7 +32,8 @@ def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = No
 
 def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Path | None = None):
     """The plan back to HF from a MindSpore checkpoint and its MindFormers YAML (headers only)."""
-    from .plan_back import DEFAULT_SHARD, build_ms2hf_plan, open_ms_dir
+    from .ms_source import open_ms_dir
+    from .plan_back import DEFAULT_SHARD, build_ms2hf_plan
     options = options or Options(format="safetensors", max_shard_size=DEFAULT_SHARD)
     return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options)
 

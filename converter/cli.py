@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import ConvertError
 from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
 from .outdir import Terminated, check_out_dir, raise_terminated
@@ -117,7 +117,7 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
     """
     from . import report
     from .plan import build_plan
-    from .source import open_hf_dir
+    from .hf_source import open_hf_dir
 
     options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
                       max_shard_size=max_shard_size, device=device, hash=do_hash)
@@ -169,7 +169,8 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shar
     tokenizer files and conversion.json.
     """
     from . import report
-    from .plan_back import build_ms2hf_plan, open_ms_dir
+    from .ms_source import open_ms_dir
+    from .plan_back import build_ms2hf_plan
 
     if not dry_run:
         check_out_dir(out_dir, force, [ms_dir, *([config] if config else [])])

@@ -17,8 +17,9 @@ from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
 from .mapping import load_table, pattern_regex
 from .options import Options
-from .plan_back import build_ms2hf_plan, ms_checkpoint_files, open_ms_dir, read_ms_headers
-from .source import open_hf_dir
+from .hf_source import open_hf_dir
+from .ms_source import ms_checkpoint_files, open_ms_dir, read_ms_headers
+from .plan_back import build_ms2hf_plan
 
 
 def _is_ms(path: Path) -> bool:

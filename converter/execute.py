@@ -1,42 +1,33 @@
-"""Rooms four and five: run the plan tensor by tensor and write the output directory atomically.
+"""Run the plan tensor by tensor and write the output directory atomically.
 
 Memory holds at most the tensors of one output tensor at a time. Output goes to the hidden partial
 directory of an outdir.Transaction, renamed into place only when everything, provenance included, is
-written; a failure leaves no directory that looks complete.
+written; a failure leaves no directory that looks complete. This module makes the payloads, picks the
+writer for the format and orchestrates; hashing, the out-dir transaction and the record of what was
+done (conversion.json) each have their own module.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import os
 import shutil
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, ops
+from . import ops
 from .dtypes import cast, dtype as dtype_info
 from .errors import ConvertError
 from .formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from .formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from .formats.safetensors import SafetensorsWriter
+from .hashing import Hashes
 from .outdir import Transaction
 from .plan import Plan, PlannedTensor
+from .report import Result, provenance
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-@dataclass
-class Result:
-    out_dir: Path
-    files: list[dict]
-    record: dict
-    seconds: float
 
 
 class Materializer:
@@ -154,85 +145,6 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def sha256_of(path: Path, complete: threading.Event | None = None) -> str:
-    """sha256 of a file; with `complete`, of a file still being appended to, read behind the writer
-    until `complete` is set and the end is reached."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(8 << 20)
-        view = memoryview(buf)
-        while True:
-            finished = complete is None or complete.is_set()  # before the read: no byte written before is missed
-            if n := f.readinto(buf):
-                h.update(view[:n])  # hashlib releases the GIL here, so hashes run beside the copying
-            elif finished:
-                return h.hexdigest()
-            else:
-                complete.wait(0.005)
-
-
-class Hashes:
-    """sha256 of files, computed on worker threads while the main thread goes on writing. An output
-    file is hashed as it grows, so that hashing a 2.4 GB .ckpt does not start only when it is closed."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        # One worker per core (at least two): on a many-core host every file hashes at once, beside the copy.
-        workers = max(2, min(16, os.cpu_count() or 2))
-        self._pool = ThreadPoolExecutor(max_workers=workers) if enabled else None
-        # Followers wait on the writer: queued behind whole-file hashes they would start too late.
-        self._followers = ThreadPoolExecutor(max_workers=workers) if enabled else None
-        self._jobs: dict[Path, Future] = {}
-        self._growing: dict[Path, threading.Event] = {}
-
-    def follow(self, path: Path) -> None:
-        """Start hashing a file that is being written by appends only; submit() says when it is complete."""
-        if self.enabled and path not in self._jobs:
-            self._growing[path] = threading.Event()
-            self._jobs[path] = self._followers.submit(sha256_of, path, self._growing[path])
-
-    def submit(self, path: Path) -> None:
-        """The file is complete: hash it, or let its follower finish."""
-        if path in self._growing:
-            self._growing[path].set()
-        elif self.enabled and path not in self._jobs:
-            self._jobs[path] = self._pool.submit(sha256_of, path)
-
-    def record(self, path: Path, name: str | None = None) -> dict:
-        self.submit(path)
-        digest = self._jobs[path].result() if self.enabled else None
-        return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest}
-
-    def close(self) -> None:
-        for complete in self._growing.values():
-            complete.set()  # a failed run must not leave followers polling
-        for pool in (self._pool, self._followers):
-            if pool:
-                pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _relative(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
-
-
-def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
-    src = plan.source
-    return {
-        "tool": "llama-convert", "version": __version__, "direction": plan.direction,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
-        "options": plan.options.as_dict(),
-        "source": {"dir": str(src.root.resolve()),
-                   "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
-        "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
-        "outputs": outputs,
-        "tensor_count": len(plan.tensors),
-        "tensors": [pt.as_dict() for pt in plan.tensors],
-        "skipped": plan.skipped,
-        "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
-    }
 
 
 def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:

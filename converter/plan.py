@@ -13,13 +13,14 @@ from typing import Iterable
 
 import yaml
 
-from . import __version__, ops
+from . import ops
+from .checkpoint import Checkpoint
 from .config_rules import Translation, translate
 from .dtypes import FLOATS, dtype as _dtype
 from .errors import ConvertError
 from .mapping import Table, describe_layers, eval_dim, holds, layer_names, layers_present, load_table, pattern_regex
 from .options import Options
-from .source import HFSource
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class PlannedTensor:
 
 @dataclass
 class Plan:
-    source: HFSource
+    source: Checkpoint
     table: Table
     options: Options
     translation: Translation
@@ -88,7 +89,7 @@ def weights_dtype(tensors: Iterable) -> str:
     return by_bytes.most_common(1)[0][0] if by_bytes else "none"
 
 
-def build_plan(source: HFSource, options: Options, table: Table | None = None) -> Plan:
+def build_plan(source: Checkpoint, options: Options, table: Table | None = None) -> Plan:
     table = table or load_table(options.table)
     if not source.tensors:
         raise ConvertError(source.weight_files[0], "holds no tensors")
@@ -123,7 +124,7 @@ def build_plan(source: HFSource, options: Options, table: Table | None = None) -
     return plan
 
 
-def refuse_layer_count(source: HFSource, patterns: list[str], num_layers: int, key: str) -> None:
+def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int, key: str) -> None:
     """The config's layer count against the layers the checkpoint holds, before any name is expanded.
 
     A 1 KB config may claim 10**8 layers; expanding that many tensor names would exhaust memory
@@ -164,7 +165,7 @@ def _expected_hf(table: Table, dims: dict, flags: dict, num_layers: int) -> dict
     return expected
 
 
-def _check_sources(source: HFSource, table: Table, expected: dict, flags: dict):
+def _check_sources(source: Checkpoint, table: Table, expected: dict, flags: dict):
     """Every source tensor accounted for, every expected one present with the shape the config implies."""
     where = source.weight_files[0] if len(source.weight_files) == 1 else source.index_file
     missing = [n for n in expected if n not in source.tensors]

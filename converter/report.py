@@ -1,8 +1,44 @@
-"""Room six: what a conversion did, for people and for scripts."""
+"""What a conversion did, for people and for scripts: the dry-run plan, the summary, and the
+provenance record (conversion.json) that execute writes inside the output directory."""
 from __future__ import annotations
 
-from .execute import Result
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hashing import Hashes
 from .plan import Plan, weights_dtype
+from .version import __version__
+
+
+@dataclass
+class Result:
+    out_dir: Path
+    files: list[dict]
+    record: dict
+    seconds: float
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+
+
+def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
+    src = plan.source
+    return {
+        "tool": "llama-convert", "version": __version__, "direction": plan.direction,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
+        "options": plan.options.as_dict(),
+        "source": {"dir": str(src.root.resolve()),
+                   "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
+        "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
+        "outputs": outputs,
+        "tensor_count": len(plan.tensors),
+        "tensors": [pt.as_dict() for pt in plan.tensors],
+        "skipped": plan.skipped,
+        "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
+    }
 
 
 def _size(n: int) -> str:

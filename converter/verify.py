@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConvertError
-from .plan_back import ms_checkpoint_files, read_mindformers_yaml
+from .ms_source import ms_checkpoint_files, read_mindformers_yaml
 
 # Pass criteria per (device, parameter dtype). CPU runs everything in float32; the Ascend rows
 # are for MindFormers' production kernels in half precision and have not been run here.
@@ -229,8 +229,9 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
     """
     from .options import Options
     from .plan import build_plan, few
-    from .plan_back import build_ms2hf_plan, open_ms_dir
-    from .source import open_hf_dir
+    from .hf_source import open_hf_dir
+    from .ms_source import open_ms_dir
+    from .plan_back import build_ms2hf_plan
     from .value_types import show
 
     hf_plan = build_plan(open_hf_dir(hf_dir), Options())

@@ -133,7 +133,7 @@ def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(
 def test_an_output_hashed_while_it_grows_gets_the_sha256_of_the_finished_file(tmp_path):
     import hashlib
     import time
-    from converter.execute import Hashes
+    from converter.hashing import Hashes
     path, chunks = tmp_path / "growing.bin", [bytes([i]) * (1000 + 37 * i) for i in range(60)]
     hashes = Hashes(True)
     with open(path, "wb", buffering=0) as out:

@@ -1,52 +1,22 @@
-"""Read a HuggingFace model directory: configs, weight headers, tokenizer files. No tensor data."""
+"""The HuggingFace reader: a model directory's configs, weight headers and tokenizer files. No tensor data."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .checkpoint import TOKENIZER_FILES, Checkpoint
 from .errors import ConvertError
 from .formats import safetensors as st
 from .formats.files import check_regular, parse_json_object, read_small
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@dataclass
-class HFSource:
-    root: Path
-    config: dict
-    generation_config: dict | None
-    tensors: dict[str, TensorRef]
-    weight_files: list[Path]
-    index_file: Path | None = None
-    shard_of: dict[str, int] = field(default_factory=dict)  # tensor name -> index in weight_files
-    tokenizer_files: list[Path] = field(default_factory=list)
-    config_path: Path | None = None     # default: root/config.json
-    non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
-
-    @property
-    def sharded(self) -> bool:
-        return len(self.weight_files) > 1
-
-    @property
-    def config_file(self) -> Path:
-        return self.config_path or self.root / "config.json"
-
-    def input_files(self) -> list[Path]:
-        extra = [self.index_file] if self.index_file else []
-        gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
-        gen = [p for p in gen if p.exists()]
-        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
-
 
 def load_json(path: Path, what: str = "JSON file") -> dict:
     return parse_json_object(read_small(path, what), path, what, "the file is truncated or corrupt")
 
 
-def open_hf_dir(root: Path) -> HFSource:
+def open_hf_dir(root: Path) -> Checkpoint:
     """Headers of a HF checkpoint directory, with every file checked to exist and parse."""
     root = Path(root)
     if not root.is_dir():
@@ -61,11 +31,11 @@ def open_hf_dir(root: Path) -> HFSource:
         index = root / index_name
         if index.exists():
             files, tensors, shard_of = _read_index(index, reader)
-            return HFSource(root, config, generation, tensors, files, index, shard_of, tokenizer)
+            return Checkpoint(root, config, generation, tensors, files, index, shard_of, tokenizer)
         if (root / single).exists():
             path = root / single
             tensors = reader(path)
-            return HFSource(root, config, generation, tensors, [path], None, dict.fromkeys(tensors, 0), tokenizer)
+            return Checkpoint(root, config, generation, tensors, [path], None, dict.fromkeys(tensors, 0), tokenizer)
     raise ConvertError(root, "no weights found (looked for model.safetensors, model.safetensors.index.json, "
                        "pytorch_model.bin, pytorch_model.bin.index.json)")
 
