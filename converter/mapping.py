@@ -89,15 +89,33 @@ def load_table(name: str = DEFAULT_TABLE) -> Table:
     return table
 
 
+# What an entry of each keyed section may say. A verb is what happens to the key; exactly one applies,
+# so that a misspelled verb (`ignor:`) is a table error instead of a key that silently does nothing.
+_VERBS = {"config": {"to", "via", "require", "reject", "ignore"}, "generation": {"to", "ignore"},
+          "model_config": set()}
+_QUALIFIERS = {"type", "required", "nullable", "fields", "default"}
+
+
 def _check_table(table: Table) -> None:
     for section in ("config", "generation", "model_config"):
+        _check_entries(table, section)
         _check_types(table, section)
     for name, expr in table.data.get("dims", {}).items():
         try:
             eval_dim(expr, {}, names_only=True)
         except ValueError as e:
             raise ConvertError(table.path, f"dims.{name}: {e}") from None
+    dims = table.data.get("dims", {})
+    for key, spec in table.hf_tensors.items():
+        undefined = [d for d in spec.get("shape", ()) if not isinstance(d, int) and d not in dims]
+        if undefined:
+            raise ConvertError(table.path, f"hf_tensors.{key}: shape symbol {undefined[0]!r} is not under dims",
+                               f"dims defines {', '.join(dims)}")
     flags = set(table.data.get("flags", {}))
+    for key, spec in table.hf_tensors.items():
+        bad = [w for w in spec.get("when", ()) if w.lstrip("!") not in flags]
+        if bad:
+            raise ConvertError(table.path, f"hf_tensors.{key} uses undeclared flags {bad}")
     for rule in table.ms_rules:
         unknown = [s for s in rule.sources if s not in table.hf_tensors]
         if unknown or rule.op not in ops.OPS or rule.dtype not in ("param", "norm"):
@@ -106,6 +124,21 @@ def _check_table(table: Table) -> None:
         bad = [w for w in rule.when if w.lstrip("!") not in flags]
         if bad:
             raise ConvertError(table.path, f"ms_tensors rule {rule.name!r} uses undeclared flags {bad}")
+
+
+def _check_entries(table: Table, section: str) -> None:
+    verbs = _VERBS[section]
+    for key, spec in (table.data.get(section) or {}).items():
+        if not isinstance(spec, dict):
+            raise ConvertError(table.path, f"{section}.{key}: must be a mapping such as {{to: KEY, type: TYPE}}")
+        unknown = sorted(set(spec) - verbs - _QUALIFIERS)
+        said = [v for v in spec if v in verbs]
+        if unknown:
+            raise ConvertError(table.path, f"{section}.{key}: unknown word {unknown[0]!r}",
+                               f"an entry may say {', '.join(sorted(verbs | _QUALIFIERS))}")
+        if verbs and len(said) != 1:
+            raise ConvertError(table.path, f"{section}.{key}: says {' and '.join(said) or 'no verb'}",
+                               f"give exactly one of {', '.join(sorted(verbs))}")
 
 
 def _check_types(table: Table, section: str) -> None:

@@ -289,3 +289,18 @@ def test_a_used_key_without_a_type_is_a_table_error(tmp_path):
     with pytest.raises(ConvertError) as e:
         load_table(str(path))
     assert e.value.one_line().startswith(f"{path}: config.rms_norm_eps: declares no `type:`")
+
+
+@pytest.mark.parametrize("old,new,said", [
+    ('use_cache: {ignore:', 'use_cache: {ignor:', "config.use_cache: unknown word 'ignor'"),
+    ("rms_norm_eps: {to: rms_norm_eps, type: positive_number}",
+     'rms_norm_eps: {to: rms_norm_eps, ignore: "twice", type: positive_number}', "config.rms_norm_eps: says to and ignore"),
+    ("embed: {name: model.embed_tokens.weight, shape: [vocab, hidden]}",
+     "embed: {name: model.embed_tokens.weight, shape: [vocab, hiden]}", "hf_tensors.embed: shape symbol 'hiden'"),
+    ("when: [source_untied]}", "when: [source_untide]}", "hf_tensors.lm_head uses undeclared flags ['source_untide']"),
+], ids=["misspelled-verb", "two-verbs", "undefined-shape-symbol", "undeclared-flag"])
+def test_a_table_entry_that_would_silently_do_nothing_is_a_table_error(tmp_path, old, new, said):
+    path = table_with(tmp_path, old, new)
+    with pytest.raises(ConvertError) as e:
+        load_table(str(path))
+    assert e.value.one_line().startswith(f"{path}: {said}")
