@@ -202,8 +202,7 @@ def holds(when: tuple[str, ...] | list[str], flags: dict[str, bool]) -> bool:
 def layers_present(patterns: list[str], names) -> list[int]:
     """The layer numbers that tensor names actually carry, by the table's {i} patterns (sorted)."""
     import re
-    rxs = [re.compile("^" + re.escape(p).replace(re.escape("{i}"), r"(0|[1-9][0-9]*)") + "$")
-           for p in patterns if "{i}" in p]
+    rxs = [re.compile(pattern_regex(p)) for p in patterns if LAYER in p]
     found = set()
     for name in names:
         for rx in rxs:
@@ -224,12 +223,22 @@ def describe_layers(layers: list[int]) -> str:
     return f"layers {shown} ({len(layers)} layers, not numbered 0..{len(layers) - 1})"
 
 
+# A name pattern with {i} stands for every decoder layer. These three are the only places that know it.
+LAYER = "{i}"
+
+
+def layer_name(pattern: str, layer: int | None) -> str:
+    """The pattern for one layer (a whole-model name, without {i}, stays as it is)."""
+    return pattern if layer is None else pattern.replace(LAYER, str(layer))
+
+
 def layer_names(pattern: str, num_layers: int) -> list[tuple[int | None, str]]:
-    if "{i}" not in pattern:
+    if LAYER not in pattern:
         return [(None, pattern)]
-    return [(i, pattern.replace("{i}", str(i))) for i in range(num_layers)]
+    return [(i, layer_name(pattern, i)) for i in range(num_layers)]
 
 
 def pattern_regex(pattern: str) -> str:
+    """A regular expression matching the pattern's names for any layer; the layer number is group 1."""
     import re
-    return "^" + re.escape(pattern).replace(re.escape("{i}"), r"\d+") + "$"
+    return "^" + re.escape(pattern).replace(re.escape(LAYER), r"(0|[1-9][0-9]*)") + "$"

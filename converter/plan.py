@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint
 from .config_rules import Translation, translate
 from .dtypes import FLOATS, dtype as _dtype
 from .errors import ConvertError
-from .mapping import Table, describe_layers, eval_dim, holds, layer_names, layers_present, load_table, pattern_regex
+from .mapping import Table, describe_layers, eval_dim, holds, layer_name, layer_names, layers_present, load_table, pattern_regex
 from .options import Options
 from .version import __version__
 
@@ -112,7 +112,7 @@ def build_plan(source: Checkpoint, options: Options, table: Table | None = None)
         if not holds(rule.when, flags):
             continue
         for i, name in layer_names(rule.name, mc["num_layers"]):
-            srcs = tuple(_hf_name(table, key, i) for key in rule.sources)
+            srcs = tuple(layer_name(table.hf_tensors[key]["name"], i) for key in rule.sources)
             shapes = [source.tensors[s].shape for s in srcs]
             pt = PlannedTensor(name, tuple(ops.get(rule.op).out_shape(shapes, ctx)), dtype_of[rule.dtype], srcs,
                                tuple(source.tensors[s].dtype for s in srcs), rule.op)
@@ -148,11 +148,6 @@ def yaml_text(plan: Plan) -> str:
     head = (f"# MindFormers model config written by llama-convert {__version__}\n"
             f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
     return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
-
-
-def _hf_name(table: Table, key: str, layer: int | None) -> str:
-    pattern = table.hf_tensors[key]["name"]
-    return pattern if layer is None else pattern.replace("{i}", str(layer))
 
 
 def _expected_hf(table: Table, dims: dict, flags: dict, num_layers: int) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,7 @@ from . import ops
 from .checkpoint import Checkpoint
 from .config_rules import Translation, check_model_config, translate_back
 from .dtypes import FLOATS
-from .mapping import Table, holds, layer_names, load_table
+from .mapping import Table, holds, layer_name, layer_names, load_table
 from .options import Options
 from .plan import Plan, PlannedTensor, assign_shards, refuse_layer_count, refuse_mismatch, table_dims
 
@@ -41,7 +41,7 @@ def build_ms2hf_plan(source: Checkpoint, options: Options, table: Table | None =
             hf_shapes = [tuple(dims[d] for d in spec["shape"]) for spec in hf_specs]
             expected_ms[ms_name] = tuple(op.out_shape(hf_shapes, ctx))
             for part, (spec, shape) in enumerate(zip(hf_specs, hf_shapes)):
-                hf_name = spec["name"] if layer is None else spec["name"].replace("{i}", str(layer))
+                hf_name = layer_name(spec["name"], layer)
                 planned.append((layer if layer is not None else -1, len(planned), PlannedTensor(
                     hf_name, shape, hf_dtype, (ms_name,), (), rule.op, part=None if rule.op == "copy" else part)))
     skipped = _check(source, table, expected_ms)
