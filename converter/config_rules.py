@@ -186,6 +186,11 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
     out: dict = {}
     result = Translation(out)
     check_fields(table.config_rules, hf, where)  # before anything uses a value: the rules may trust them
+    # Another architecture's config is foreign to this table as a whole: say so, rather than that one of
+    # its keys is unknown (which would suggest editing the table).
+    first = [name for name in _rule_names(table) if name == "architecture"]
+    for name in first:
+        RULES[name](inp, out, result.notes)
     for key, value in hf.items():
         spec = table.config_rules.get(key)
         if spec is None:
@@ -202,7 +207,8 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
         for target in _as_list(spec.get("to")):
             out[target] = value
     for name in _rule_names(table):
-        RULES[name](inp, out, result.notes)
+        if name not in first:
+            RULES[name](inp, out, result.notes)
     for key in ("qkv_has_bias", "attn_proj_has_bias"):
         out[key] = bool(out.get(key, False))
     out.update(table.data["mindformers"]["fixed"])

@@ -304,3 +304,13 @@ def test_a_table_entry_that_would_silently_do_nothing_is_a_table_error(tmp_path,
     with pytest.raises(ConvertError) as e:
         load_table(str(path))
     assert e.value.one_line().startswith(f"{path}: {said}")
+
+
+def test_another_architectures_config_is_refused_for_its_architecture_not_for_a_key_it_adds(tmp_path):
+    # Qwen2 configs carry keys no Llama table lists; the first thing to say is which models this table converts.
+    src = hf_copy(MHA, tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    qwen = {"use_sliding_window": False, **config, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
+    (src / "config.json").write_text(json.dumps(qwen))
+    refused(run_cli("hf2ms", src, tmp_path / "out"), "architectures", "Qwen2ForCausalLM",
+            absent=("unknown config key", "use_sliding_window"))
