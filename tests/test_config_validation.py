@@ -275,31 +275,20 @@ def table_with(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def test_a_type_the_loader_does_not_know_is_a_table_error(tmp_path):
-    path = table_with(tmp_path, "hidden_size: {to: hidden_size, type: positive_int",
-                      "hidden_size: {to: hidden_size, type: positive_integer")
-    with pytest.raises(ConvertError) as e:
-        load_table(str(path))
-    assert e.value.one_line().startswith(f"{path}: config.hidden_size: unknown type 'positive_integer'")
-
-
-def test_a_used_key_without_a_type_is_a_table_error(tmp_path):
-    path = table_with(tmp_path, "rms_norm_eps: {to: rms_norm_eps, type: positive_number}",
-                      "rms_norm_eps: {to: rms_norm_eps}")
-    with pytest.raises(ConvertError) as e:
-        load_table(str(path))
-    assert e.value.one_line().startswith(f"{path}: config.rms_norm_eps: declares no `type:`")
-
-
 @pytest.mark.parametrize("old,new,said", [
+    ("hidden_size: {to: hidden_size, type: positive_int", "hidden_size: {to: hidden_size, type: positive_integer",
+     "config.hidden_size: unknown type 'positive_integer'"),
+    ("rms_norm_eps: {to: rms_norm_eps, type: positive_number}", "rms_norm_eps: {to: rms_norm_eps}",
+     "config.rms_norm_eps: declares no `type:`"),
     ('use_cache: {ignore:', 'use_cache: {ignor:', "config.use_cache: unknown word 'ignor'"),
     ("rms_norm_eps: {to: rms_norm_eps, type: positive_number}",
      'rms_norm_eps: {to: rms_norm_eps, ignore: "twice", type: positive_number}', "config.rms_norm_eps: says to and ignore"),
     ("embed: {name: model.embed_tokens.weight, shape: [vocab, hidden]}",
      "embed: {name: model.embed_tokens.weight, shape: [vocab, hiden]}", "hf_tensors.embed: shape symbol 'hiden'"),
     ("when: [source_untied]}", "when: [source_untide]}", "hf_tensors.lm_head uses undeclared flags ['source_untide']"),
-], ids=["misspelled-verb", "two-verbs", "undefined-shape-symbol", "undeclared-flag"])
-def test_a_table_entry_that_would_silently_do_nothing_is_a_table_error(tmp_path, old, new, said):
+], ids=["unknown-type", "untyped-key", "misspelled-verb", "two-verbs", "undefined-shape-symbol",
+        "undeclared-flag"])
+def test_a_table_error_is_one_line_naming_the_table_file_and_entry(tmp_path, old, new, said):
     path = table_with(tmp_path, old, new)
     with pytest.raises(ConvertError) as e:
         load_table(str(path))
