@@ -97,6 +97,11 @@ def check_out_dir(out: Path, force: bool, sources: list[Path] | tuple[Path, ...]
     Reads only; called before any work by the CLI and the API, and again by Transaction."""
     out = Path(out)
     _refuse_overlap(out, [Path(s) for s in sources])
+    _refuse_existing(out, force)
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    """An existing OUT_DIR is replaced only with --force, and only if it is ours to replace."""
     if not os.path.lexists(out):
         if not real_entry(out).parent.is_dir():
             raise ConvertError(out.parent, "parent of the output directory does not exist",
@@ -318,10 +323,10 @@ class Transaction:
         self._handlers: dict[int, object] = {}
 
     def __enter__(self) -> Transaction:
-        _refuse_overlap(self.out, self.sources)
+        _refuse_overlap(self.out, self.sources)  # before reclaim, which deletes beside OUT_DIR
         for line in reclaim(self.out):
             self.notify(line)
-        check_out_dir(self.out, self.force, self.sources)
+        _refuse_existing(self.out, self.force)
         self.free = shutil.disk_usage(self.entry.parent).free
         if self.needed > self.free:
             raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
