@@ -188,9 +188,9 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
     check_fields(table.config_rules, hf, where)  # before anything uses a value: the rules may trust them
     # Another architecture's config is foreign to this table as a whole: say so, rather than that one of
     # its keys is unknown (which would suggest editing the table).
-    first = [name for name in _rule_names(table) if name == "architecture"]
-    for name in first:
-        RULES[name](inp, out, result.notes)
+    rules = _rule_names(table)
+    if "architecture" in rules:
+        RULES["architecture"](inp, out, result.notes)
     for key, value in hf.items():
         spec = table.config_rules.get(key)
         if spec is None:
@@ -206,8 +206,8 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
             result.ignored[key] = spec["ignore"]
         for target in _as_list(spec.get("to")):
             out[target] = value
-    for name in _rule_names(table):
-        if name not in first:
+    for name in rules:
+        if name != "architecture":
             RULES[name](inp, out, result.notes)
     for key in ("qkv_has_bias", "attn_proj_has_bias"):
         out[key] = bool(out.get(key, False))
@@ -222,8 +222,8 @@ def _translate_generation(table: Table, gen: dict, out: dict, result: Translatio
     check_fields(table.generation_rules, gen, where or "generation_config.json")
     for key, spec in table.generation_rules.items():
         # null is "not set" to HF's GenerationConfig, which then uses its default
-        value = gen.get(key, spec.get("default"))
-        if "to" in spec and value is None:
+        value = gen.get(key)
+        if value is None:
             value = spec.get("default")
         if "to" in spec and value is not None:
             out[spec["to"]] = value
