@@ -52,8 +52,8 @@ def dir_bytes(path: Path) -> int:
 
 
 def largest_output_tensor(src: Path) -> int:
-    from converter import Options, plan_hf2ms
-    return max(t.nbytes for t in plan_hf2ms(src, Options(qkv_concat=True)).tensors)
+    from converter import HF2MSOptions, plan_hf2ms
+    return max(t.nbytes for t in plan_hf2ms(src, HF2MSOptions(qkv_concat=True)).tensors)
 
 
 def commands(src: Path, out: Path, ms_dir: Path, with_mf: bool) -> dict[str, list[str]]:

@@ -1,50 +1,79 @@
-"""llama-convert: HuggingFace Llama checkpoints to MindSpore / MindFormers and back, with proof.
+"""llama-convert: HuggingFace Llama-family checkpoints to MindSpore / MindFormers and back, with proof.
 
 Library API (the CLI is a thin layer over it):
 
-    from converter import plan_hf2ms, convert_hf2ms, Options
-    plan = plan_hf2ms("hf_dir", Options(format="safetensors", qkv_concat=True))   # headers only
-    result = convert_hf2ms("hf_dir", "out_dir", Options())
+    from converter import HF2MSOptions, MS2HFOptions, plan_hf2ms, convert_hf2ms, convert_ms2hf, verify_conversion
+    plan = plan_hf2ms("hf_dir", HF2MSOptions(format="safetensors", qkv_concat=True))  # headers only
+    result = convert_hf2ms("hf_dir", "ms_dir")                 # writes ms_dir atomically
+    back = convert_ms2hf("ms_dir", "hf_again", MS2HFOptions())
+    report = verify_conversion("hf_dir", "ms_dir")             # report.passed
+
+The mapping table is chosen from config.json's architectures (or the table a MindFormers YAML
+records); `table=` in the options names one instead, by name or path.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import ConvertError
-from .options import Options
+from .options import HF2MSOptions, MS2HFOptions
 from .version import __version__
 
 
-def plan_hf2ms(src: str | Path, options: Options | None = None):
+def plan_hf2ms(src: str | Path, options: HF2MSOptions | None = None):
     """The full conversion plan from headers alone: nothing is read beyond headers, nothing written."""
-    from .plan import build_plan
     from .hf_source import open_hf_dir
-    return build_plan(open_hf_dir(Path(src)), options or Options())
+    from .plan import build_plan
+    return build_plan(open_hf_dir(Path(src)), options or HF2MSOptions())
 
 
-def convert_hf2ms(src: str | Path, out: str | Path, options: Options | None = None, force: bool = False):
-    """Convert a HF Llama directory into a MindFormers directory; returns a report.Result."""
-    from .execute import execute
-    from .outdir import check_out_dir
-    check_out_dir(Path(out), force, [Path(src)])
-    return execute(plan_hf2ms(src, options), Path(out), force, Path(src))
-
-
-def plan_ms2hf(src: str | Path, options: Options | None = None, config: str | Path | None = None):
+def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str | Path | None = None):
     """The plan back to HF from a MindSpore checkpoint and its MindFormers YAML (headers only)."""
     from .ms_source import open_ms_dir
-    from .plan_back import DEFAULT_SHARD, build_ms2hf_plan
-    options = options or Options(format="safetensors", max_shard_size=DEFAULT_SHARD)
-    return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options)
+    from .plan import build_ms2hf_plan
+    return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options or MS2HFOptions())
 
 
-def convert_ms2hf(src: str | Path, out: str | Path, options: Options | None = None,
+def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None):
+    """Carry out a plan into OUT, all or nothing; returns a report.Result. `source` is the path the
+    user named (OUT may not overlap it); by default the plan's source directory."""
+    from .execute import execute
+    return execute(plan, Path(out), force, Path(source) if source is not None else None)
+
+
+def convert_hf2ms(src: str | Path, out: str | Path, options: HF2MSOptions | None = None, force: bool = False):
+    """Convert a HF directory into a MindFormers directory; returns a report.Result (its .plan included)."""
+    from .outdir import check_out_dir
+    check_out_dir(Path(out), force, [Path(src)])  # before reading anything: a wrong OUT is the cheaper error
+    return write(plan_hf2ms(src, options), out, force, src)
+
+
+def convert_ms2hf(src: str | Path, out: str | Path, options: MS2HFOptions | None = None,
                   config: str | Path | None = None, force: bool = False):
     """Write a HuggingFace directory (config.json, safetensors, tokenizer files) from MindSpore."""
-    from .execute import execute
     from .outdir import check_out_dir
     check_out_dir(Path(out), force, [Path(src), *([Path(config)] if config else [])])
-    return execute(plan_ms2hf(src, options, config), Path(out), force, Path(src))
+    return write(plan_ms2hf(src, options, config), out, force, src)
 
 
-__all__ = ["plan_ms2hf", "convert_ms2hf", "ConvertError", "Options", "plan_hf2ms", "convert_hf2ms", "__version__"]
+def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None):
+    """Parity of MS_DIR's MindFormers model with HF_DIR's transformers model; a verify.VerifyReport.
+    (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
+    from .verify import verify as run
+    return run(hf_dir, ms_dir, options)
+
+
+def inspect_checkpoint(path: str | Path) -> dict:
+    """The tensors of a HF or MindSpore directory, or of one checkpoint file, from headers."""
+    from .compare import inspect
+    return inspect(Path(path))
+
+
+def diff_checkpoints(a: str | Path, b: str | Path, atol: float = 0.0) -> dict:
+    """Two checkpoints of either side compared name by name through their mapping tables."""
+    from .compare import diff
+    return diff(Path(a), Path(b), atol)
+
+
+__all__ = ["ConvertError", "HF2MSOptions", "MS2HFOptions", "__version__", "convert_hf2ms", "convert_ms2hf", "diff_checkpoints", "inspect_checkpoint",
+           "plan_hf2ms", "plan_ms2hf", "verify_conversion", "write"]

@@ -26,6 +26,7 @@ class Checkpoint:
     tokenizer_files: list[Path] = field(default_factory=list)
     config_path: Path | None = None     # default: root/config.json
     non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
+    recorded_table: str | None = None   # MindSpore side: the mapping table the YAML says it was written with
 
     @property
     def sharded(self) -> bool:

@@ -14,8 +14,8 @@ import click
 
 from .version import __version__
 from .errors import ConvertError
-from .options import DTYPE_CHOICES, DEVICES, FORMATS, Options, parse_size
-from .outdir import Terminated, check_out_dir, raise_terminated
+from .options import DTYPE_CHOICES, DEVICES, FORMATS, HF2MSOptions, MS2HFOptions, parse_size
+from .outdir import Terminated, raise_terminated
 
 
 class _Group(click.Group):
@@ -80,10 +80,24 @@ def main() -> None:
     """
 
 
+_TABLE = click.option("--table", default=None, metavar="NAME|PATH",
+                      help="Mapping table to convert with [default: chosen from the model's architecture].")
+_FORCE = click.option("--force", is_flag=True,
+                      help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
+_HASH = click.option("--hash/--no-hash", "hash", default=True, show_default=True,
+                     help="sha256 of every input and output file in conversion.json (costs a read of each).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+
+
+def _show_plan(plan, as_json: bool) -> None:
+    from . import report
+    click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+
+
 @main.command()
 @click.argument("src_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ckpt", show_default=True,
+@click.option("--format", "format", type=click.Choice(FORMATS), default="ckpt", show_default=True,
               help="ckpt: one model.ckpt; safetensors: MindSpore safetensors, sharded like the source.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
               help="keep copies weight bytes exactly; a cast rounds to nearest-even and is recorded.")
@@ -95,50 +109,44 @@ def main() -> None:
               help="Shard safetensors output, e.g. 5GB or 500MB.")
 @click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
               help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
+@_TABLE
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
-@click.option("--force", is_flag=True,
-              help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
-@click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
-              help="sha256 of every input and output file in conversion.json (costs a read of each).")
+@_FORCE
+@_HASH
 @click.option("--verify", "then_verify", is_flag=True,
               help="After converting, run `verify` with its defaults on CPU; exit 1 if parity fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, untie: bool,
-          seq_length: int | None, max_shard_size: int | None, device: str, dry_run: bool, force: bool,
-          do_hash: bool, then_verify: bool, as_json: bool) -> None:
-    """Convert the HuggingFace Llama checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
+@_JSON
+def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify: bool, as_json: bool,
+          **options) -> None:
+    """Convert the HuggingFace checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
 
     \b
     OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml for
     mindformers' LlamaConfig, conversion.json (provenance: hashes, options, skipped
     tensors) and the tokenizer files of SRC_DIR.
 
+    \b
     Sources: model.safetensors, sharded safetensors with index, pytorch_model.bin (+ index).
+    Architectures: Llama, Qwen2, Mistral (see `--table`; the README lists what each proves).
     """
+    import converter as api
     from . import report
-    from .plan import build_plan
-    from .hf_source import open_hf_dir
 
-    options = Options(format=fmt, dtype=dtype, qkv_concat=qkv_concat, untie=untie, seq_length=seq_length,
-                      max_shard_size=max_shard_size, device=device, hash=do_hash)
-    if not dry_run:
-        check_out_dir(out_dir, force, [src_dir])
-    plan = build_plan(open_hf_dir(src_dir), options)
+    opts = HF2MSOptions(**options)
     if dry_run:
-        click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+        _show_plan(api.plan_hf2ms(src_dir, opts), as_json)
         return
-    from .execute import execute
-    result = execute(plan, out_dir, force, src_dir)
-    summary = report.result_json(plan, result)
+    result = api.convert_hf2ms(src_dir, out_dir, opts, force=force)
+    summary = report.result_json(result.plan, result)
     if not then_verify:
-        click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(plan, result))
+        click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
         return
-    from .verify import VerifyOptions, report_text, sanitize, verify as run_verify
-    checked = run_verify(src_dir, out_dir, VerifyOptions())
+    from .verify import report_text, sanitize
+    checked = api.verify_conversion(src_dir, out_dir)
     if as_json:
         click.echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
     else:
-        click.echo(report.result_text(plan, result) + "\n\n" + report_text(checked))
+        click.echo(report.result_text(result.plan, result) + "\n\n" + report_text(checked))
     sys.exit(0 if checked.passed else 1)
 
 
@@ -151,38 +159,33 @@ def hf2ms(src_dir: Path, out_dir: Path, fmt: str, dtype: str, qkv_concat: bool, 
               help="keep: the model's param_init_type (norms narrow back exactly); or cast.")
 @click.option("--max-shard-size", callback=_size, default="5GB", show_default=True, metavar="SIZE",
               help="Shard the HF safetensors above this size.")
+@click.option("--table", default=None, metavar="NAME|PATH",
+              help="Mapping table to read back with [default: the one the YAML records, else llama].")
 @click.option("--dry-run", is_flag=True, help="Print the plan and config.json; write nothing.")
-@click.option("--hash/--no-hash", "do_hash", default=True, show_default=True,
-              help="sha256 of every input and output file in conversion.json.")
-@click.option("--force", is_flag=True,
-              help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dtype: str, max_shard_size: int, dry_run: bool,
-          do_hash: bool, force: bool, as_json: bool) -> None:
+@_HASH
+@_FORCE
+@_JSON
+def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force: bool, as_json: bool,
+          **options) -> None:
     """Convert a MindSpore checkpoint (MS_DIR: a directory, .ckpt or .safetensors) back to HuggingFace.
 
     \b
     Fused w_qkv / w_gate_hidden are split by the inverse ops of the same mapping table;
     tied models get no lm_head. Optimizer state and training bookkeeping (adam_m.*,
     adam_v.*, accu_grads.*, global_step, learning_rate, ...) are skipped and reported.
-    OUT_DIR gets config.json, generation_config.json, model*.safetensors (+ index),
-    tokenizer files and conversion.json.
+    OUT_DIR gets config.json (architectures and model_type from the table),
+    generation_config.json, model*.safetensors (+ index), tokenizer files and conversion.json.
     """
+    import converter as api
     from . import report
-    from .ms_source import open_ms_dir
-    from .plan_back import build_ms2hf_plan
 
-    if not dry_run:
-        check_out_dir(out_dir, force, [ms_dir, *([config] if config else [])])
-    options = Options(format="safetensors", dtype=dtype, max_shard_size=max_shard_size, hash=do_hash)
-    plan = build_ms2hf_plan(open_ms_dir(ms_dir, config), options)
+    opts = MS2HFOptions(**options)
     if dry_run:
-        click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+        _show_plan(api.plan_ms2hf(ms_dir, opts, config), as_json)
         return
-    from .execute import execute
-    result = execute(plan, out_dir, force, ms_dir)
-    click.echo(json.dumps(report.result_json(plan, result), indent=2) if as_json
-               else report.result_text(plan, result))
+    result = api.convert_ms2hf(ms_dir, out_dir, opts, config, force=force)
+    click.echo(json.dumps(report.result_json(result.plan, result), indent=2) if as_json
+               else report.result_text(result.plan, result))
 
 
 @main.command()
@@ -194,8 +197,8 @@ def inspect(path: Path, as_json: bool) -> None:
     Shows name, shape, dtype and bytes, with totals, read from headers where the format allows
     (safetensors, ckpt); pytorch .bin files are memory-mapped.
     """
-    from .compare import inspect as run_inspect
-    info = run_inspect(path)
+    import converter as api
+    info = api.inspect_checkpoint(path)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -225,8 +228,8 @@ def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
 
     Exit status: 0 the same, 1 they differ, 2 bad input.
     """
-    from .compare import diff as run_diff
-    r = run_diff(a, b, atol)
+    import converter as api
+    r = api.diff_checkpoints(a, b, atol)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
@@ -275,16 +278,19 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
     \b
-    Runs transformers' LlamaForCausalLM (float32, CPU) and MindFormers' LlamaForCausalLM
-    (built from MS_DIR/llama_config.yaml, checkpoint loaded strictly) on the same seeded
-    tokens and compares logits. On failure, or with --layers, names the first place
-    (embedding, layer.N, final_norm, lm_head) where hidden states part.
+    Runs transformers' class for the architecture (LlamaForCausalLM, Qwen2ForCausalLM, ...;
+    float32, CPU) and MindFormers' LlamaForCausalLM (built from MS_DIR/llama_config.yaml,
+    checkpoint loaded strictly) on the same seeded tokens and compares logits. On failure, or
+    with --layers, names the first place (embedding, layer.N, final_norm, lm_head) where hidden
+    states part. --seq-len is capped at the YAML's seq_length, the longest input the model was
+    converted for.
 
     Exit status: 0 parity holds, 1 it does not, 2 bad input.
     """
-    from .verify import VerifyOptions, report_text, sanitize, verify as run_verify
-    r = run_verify(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
-                                                 layers=layers, generate=generate, prompt_ids=prompt_ids))
+    import converter as api
+    from .verify import VerifyOptions, report_text, sanitize
+    r = api.verify_conversion(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
+                                                            layers=layers, generate=generate, prompt_ids=prompt_ids))
     click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
 

@@ -1,7 +1,6 @@
 """inspect and diff: look at checkpoints of either side, and compare them through the mapping."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,17 +14,18 @@ from .formats.files import check_regular
 from .formats.payload import read_all
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
-from .mapping import load_table, pattern_regex
-from .options import Options
 from .hf_source import open_hf_dir
+from .mapping import yaml_names
 from .ms_source import ms_checkpoint_files, open_ms_dir, read_ms_headers
-from .plan_back import build_ms2hf_plan
+from .options import HF2MSOptions, MS2HFOptions
+from .plan import build_ms2hf_plan, build_plan
 
 
 def _is_ms(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".ckpt" or (path.parent / "llama_config.yaml").exists()
-    return (path / "llama_config.yaml").exists() or any(path.glob("*.ckpt"))
+    root = path.parent if path.is_file() else path
+    if path.is_file() and path.suffix == ".ckpt":
+        return True
+    return any((root / n).exists() for n in yaml_names()) or (path.is_dir() and any(path.glob("*.ckpt")))
 
 
 def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
@@ -69,20 +69,18 @@ class View:
 
 
 def hf_view(path: Path) -> View:
+    """Either side through its table: a MindSpore checkpoint read backward into HF tensors, a HF one as
+    the tensors its conversion would use (skipped buffers and tied twins left out)."""
     from .execute import Materializer
     path = Path(path)
     if _is_ms(path):
-        plan = build_ms2hf_plan(open_ms_dir(path), Options(format="safetensors"))
+        plan = build_ms2hf_plan(open_ms_dir(path), MS2HFOptions())
         make = Materializer(plan)
         tensors = {pt.name: (pt.shape, pt.dtype, _loader(make, pt)) for pt in plan.tensors}
         return View("ms", tensors)
-    source = open_hf_dir(path)
-    table = load_table()
-    skip = [re.compile(pattern_regex(p)) for p in table.skip]
-    tied = source.config.get("tie_word_embeddings", False)
-    twins = {table.hf_tensors[a]["name"] for a in table.tied_twins} if tied else set()
-    tensors = {n: (r.shape, r.dtype, _ref_loader(r)) for n, r in source.tensors.items()
-               if n not in twins and not any(rx.match(n) for rx in skip)}
+    plan = build_plan(open_hf_dir(path), HF2MSOptions())
+    left_out = {s["name"] for s in plan.skipped}
+    tensors = {n: (r.shape, r.dtype, _ref_loader(r)) for n, r in plan.source.tensors.items() if n not in left_out}
     return View("hf", tensors)
 
 

@@ -1,8 +1,9 @@
-"""HF config.json (+ generation_config.json) -> MindFormers LlamaConfig fields, driven by the table.
+"""HF config.json (+ generation_config.json) <-> MindFormers LlamaConfig fields, driven by the table.
 
 The table says, key by key, whether a value is copied, checked, rejected, ignored, or handed to one
-of the named rules below. Rules exist only where one MindFormers field depends on several HF keys
-or on the weights themselves.
+of the named rules below, and each of those has its way back. Rules exist only where one MindFormers
+field depends on several HF keys or on the weights themselves; each is written as a pair, the
+forward translation and, right under it, its inverse (model_config -> config.json keys).
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import exprs
 from .errors import ConvertError
 from .mapping import Table
-from .options import Options
+from .options import HF2MSOptions
 from .value_types import check_fields, show
 
 
@@ -26,19 +28,34 @@ class Translation:
 @dataclass(frozen=True)
 class RuleInput:
     hf: dict
-    options: Options
+    options: HF2MSOptions
     weights_dtype: str
     where: Path
     table: Table
 
 
-Rule = Callable[[RuleInput, dict, list], None]
+Forward = Callable[[RuleInput, dict, list], None]
+Back = Callable[[dict, dict, Table], None]   # (model_config, config.json being written, table)
+
+
+@dataclass
+class Rule:
+    name: str
+    forward: Forward
+    inverse: Back | None = None
+
+    def back(self, fn: Back) -> Back:
+        """Register fn as this rule's inverse (used as a decorator right under the forward rule)."""
+        self.inverse = fn
+        return fn
+
+
 RULES: dict[str, Rule] = {}
 
 
-def rule(fn: Rule) -> Rule:
-    RULES[fn.__name__] = fn
-    return fn
+def rule(fn: Forward) -> Rule:
+    RULES[fn.__name__] = Rule(fn.__name__, fn)
+    return RULES[fn.__name__]
 
 
 def _fail(inp: RuleInput, key: str, problem: str, hint: str | None = None) -> ConvertError:
@@ -48,10 +65,20 @@ def _fail(inp: RuleInput, key: str, problem: str, hint: str | None = None) -> Co
 @rule
 def architecture(inp: RuleInput, out: dict, notes: list) -> None:
     archs = inp.hf.get("architectures") or []
-    allowed = inp.table.data["architectures"]
-    if not any(a in allowed for a in archs):
-        raise _fail(inp, "architectures", f"{archs} is not a Llama-compatible architecture",
+    allowed, model_type = inp.table.hf["architectures"], inp.table.hf["model_type"]
+    if archs and not any(a in allowed for a in archs):
+        raise _fail(inp, "architectures", f"{archs} is not converted by table {inp.table.name}",
                     f"table {inp.table.name} converts {', '.join(allowed)}")
+    given = inp.hf.get("model_type")
+    if given is not None and given != model_type:
+        raise _fail(inp, "model_type", f"{show(given)} is not table {inp.table.name}'s {show(model_type)}",
+                    "the config and the table describe different architectures")
+
+
+@architecture.back
+def _architecture_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["architectures"] = [table.hf["model_class"]]
+    hf["model_type"] = table.hf["model_type"]
 
 
 @rule
@@ -71,6 +98,12 @@ def kv_heads(inp: RuleInput, out: dict, notes: list) -> None:
     out["n_kv_heads"] = kv
 
 
+@kv_heads.back
+def _kv_heads_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["num_key_value_heads"] = mc.get("n_kv_heads") or mc["num_heads"]
+    hf["head_dim"] = mc["hidden_size"] // mc["num_heads"]
+
+
 @rule
 def positions(inp: RuleInput, out: dict, notes: list) -> None:
     hf = inp.hf
@@ -83,6 +116,11 @@ def positions(inp: RuleInput, out: dict, notes: list) -> None:
     out["max_position_embedding"] = n
     seq = inp.options.seq_length or min(n, 4096)
     out["seq_length"] = seq
+
+
+@positions.back
+def _positions_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["max_position_embeddings"] = mc.get("max_position_embedding") or mc["seq_length"]
 
 
 def rope_settings(hf: dict) -> tuple[float, dict | None]:
@@ -147,6 +185,25 @@ def rope(inp: RuleInput, out: dict, notes: list) -> None:
                     "supported: default, llama3, linear")
 
 
+@rope.back
+def _rope_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["rope_theta"] = float(mc.get("theta", 10000.0))
+    method, factor = mc.get("extend_method", "None"), mc.get("scaling_factor")
+    if method in (None, "None"):
+        hf["rope_scaling"] = None
+    elif method == "LLAMA3":
+        need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if not isinstance(factor, dict) or any(k not in factor for k in need):
+            raise ValueError(f"extend_method LLAMA3 needs scaling_factor to be a mapping of {', '.join(need)}")
+        hf["rope_scaling"] = {"rope_type": "llama3", **factor}
+    elif method == "PI":
+        if isinstance(factor, dict) or factor is None:
+            raise ValueError("extend_method PI needs scaling_factor to be a number")
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(factor)}
+    else:
+        raise ValueError(f"extend_method {method!r} has no HF equivalent proven equal")
+
+
 @rule
 def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
     pad = inp.hf.get("pad_token_id")
@@ -160,10 +217,21 @@ def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
         out["pad_token_id"] = pad
 
 
+@pad_token.back
+def _pad_back(mc: dict, hf: dict, table: Table) -> None:
+    pad = mc.get("pad_token_id")
+    hf["pad_token_id"] = None if pad is None or pad < 0 else pad
+
+
 @rule
 def tie(inp: RuleInput, out: dict, notes: list) -> None:
     tied = bool(inp.hf.get("tie_word_embeddings", False))
     out["tie_word_embeddings"] = tied and not inp.options.untie
+
+
+@tie.back
+def _tie_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["tie_word_embeddings"] = bool(mc.get("tie_word_embeddings", False))
 
 
 @rule
@@ -179,7 +247,12 @@ def dtype(inp: RuleInput, out: dict, notes: list) -> None:
     out["compute_dtype"] = chosen
 
 
-def translate(table: Table, hf: dict, generation: dict | None, options: Options, weights_dtype: str,
+@dtype.back
+def _dtype_back(mc: dict, hf: dict, table: Table) -> None:
+    hf["torch_dtype"] = mc.get("param_init_type", "float32")
+
+
+def translate(table: Table, hf: dict, generation: dict | None, options: HF2MSOptions, weights_dtype: str,
               where: Path, generation_where: Path | None = None) -> Translation:
     """The MindFormers model_config for a HF config, or a ConvertError naming the offending key."""
     inp = RuleInput(hf, options, weights_dtype, where, table)
@@ -190,7 +263,7 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
     # its keys is unknown (which would suggest editing the table).
     rules = _rule_names(table)
     if "architecture" in rules:
-        RULES["architecture"](inp, out, result.notes)
+        RULES["architecture"].forward(inp, out, result.notes)
     for key, value in hf.items():
         spec = table.config_rules.get(key)
         if spec is None:
@@ -201,21 +274,55 @@ def translate(table: Table, hf: dict, generation: dict | None, options: Options,
             raise ConvertError(where, f"{key}: {spec['reject']}")
         if "require" in spec and value is not None and value != spec["require"]:
             raise ConvertError(where, f"{key}: {show(value)} is not supported, only {show(spec['require'])}",
-                               "MindFormers' Llama cannot reproduce this model")
+                               f"MindFormers' Llama cannot reproduce this {table.name} model")
         if "ignore" in spec:
             result.ignored[key] = spec["ignore"]
         for target in _as_list(spec.get("to")):
             out[target] = value
     for name in rules:
         if name != "architecture":
-            RULES[name](inp, out, result.notes)
-    for key in ("qkv_has_bias", "attn_proj_has_bias"):
-        out[key] = bool(out.get(key, False))
-    out.update(table.data["mindformers"]["fixed"])
-    out.update(table.data["mindformers"]["device"][options.device])
+            RULES[name].forward(inp, out, result.notes)
+    out.update(table.mindformers["fixed"])
+    out.update(table.mindformers["device"][options.device])
     out["qkv_concat"] = options.qkv_concat
+    _apply_defaults(table, out)
+    for key, spec in table.config_rules.items():
+        if "check" in spec:
+            value = hf.get(key) if hf.get(key) is not None else spec.get("default")
+            _check(spec, value, {**out, "hf": hf}, where, key)
     _translate_generation(table, generation or {}, out, result, generation_where)
     return result
+
+
+def _apply_defaults(table: Table, mc: dict) -> None:
+    """MindFormers' own default for each model_config key left out, so that flags and checks read a value."""
+    for key, spec in table.model_config_rules.items():
+        if "default" in spec and mc.get(key) is None:
+            mc[key] = spec["default"]
+
+
+def _check(spec: dict, value, env: dict, where: Path, key: str) -> None:
+    """A table `check:` on one value; the table's `fail:` and `hint:` are the message if it does not hold."""
+    env = {**env, "value": value}
+    try:
+        holds = exprs.evaluate(spec["check"], env)
+    except exprs.ExprError as e:
+        raise ConvertError(where, f"{key}: {show(value)} cannot be checked: {e}") from None
+    if not holds:
+        fill = _Fill(env)
+        problem = spec.get("fail", "{value} does not satisfy " + spec["check"]).format_map(fill)
+        hint = spec.get("hint")
+        raise ConvertError(where, f"{key}: {problem}", hint.format_map(fill) if hint else None)
+
+
+class _Fill(dict):
+    """format_map over the check's environment: values shown as the user wrote them, unknown names kept."""
+    def __init__(self, env: dict):
+        super().__init__({k: (show(v) if not isinstance(v, (int, float)) or isinstance(v, bool) else v)
+                          for k, v in env.items() if k != "hf"})
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 def _translate_generation(table: Table, gen: dict, out: dict, result: Translation, where: Path | None) -> None:
@@ -239,7 +346,8 @@ def _rule_names(table: Table) -> list[str]:
     for spec in table.config_rules.values():
         if "via" in spec and spec["via"] not in names:
             if spec["via"] not in RULES:
-                raise ConvertError(table.path, f"config rule {spec['via']!r} does not exist in config_rules.py")
+                raise ConvertError(table.path, f"config rule {spec['via']!r} does not exist in config_rules.py",
+                                   f"rules: {', '.join(RULES)}")
             names.append(spec["via"])
     return names
 
@@ -248,83 +356,26 @@ def _as_list(x) -> list:
     return [] if x is None else x if isinstance(x, list) else [x]
 
 
-# ---------------------------------------------------------------------------- the way back
-# Each forward rule above has an inverse here: MindFormers model_config -> HF config.json keys.
-
-INVERSE_RULES: dict[str, Callable[[dict, dict], None]] = {}
-
-
-def inverse_of(name: str):
-    def register(fn):
-        INVERSE_RULES[name] = fn
-        return fn
-    return register
-
-
-@inverse_of("architecture")
-def _architecture_back(mc: dict, hf: dict) -> None:
-    hf["architectures"] = ["LlamaForCausalLM"]
-
-
-@inverse_of("kv_heads")
-def _kv_heads_back(mc: dict, hf: dict) -> None:
-    hf["num_key_value_heads"] = mc.get("n_kv_heads") or mc["num_heads"]
-    hf["head_dim"] = mc["hidden_size"] // mc["num_heads"]
-
-
-@inverse_of("positions")
-def _positions_back(mc: dict, hf: dict) -> None:
-    hf["max_position_embeddings"] = mc.get("max_position_embedding") or mc["seq_length"]
-
-
-@inverse_of("rope")
-def _rope_back(mc: dict, hf: dict) -> None:
-    hf["rope_theta"] = float(mc.get("theta", 10000.0))
-    method, factor = mc.get("extend_method", "None"), mc.get("scaling_factor")
-    if method in (None, "None"):
-        hf["rope_scaling"] = None
-    elif method == "LLAMA3":
-        need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        if not isinstance(factor, dict) or any(k not in factor for k in need):
-            raise ValueError(f"extend_method LLAMA3 needs scaling_factor to be a mapping of {', '.join(need)}")
-        hf["rope_scaling"] = {"rope_type": "llama3", **factor}
-    elif method == "PI":
-        if isinstance(factor, dict) or factor is None:
-            raise ValueError("extend_method PI needs scaling_factor to be a number")
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(factor)}
-    else:
-        raise ValueError(f"extend_method {method!r} has no HF equivalent proven equal")
-
-
-@inverse_of("pad_token")
-def _pad_back(mc: dict, hf: dict) -> None:
-    pad = mc.get("pad_token_id")
-    hf["pad_token_id"] = None if pad is None or pad < 0 else pad
-
-
-@inverse_of("tie")
-def _tie_back(mc: dict, hf: dict) -> None:
-    hf["tie_word_embeddings"] = bool(mc.get("tie_word_embeddings", False))
-
-
-@inverse_of("dtype")
-def _dtype_back(mc: dict, hf: dict) -> None:
-    hf["torch_dtype"] = mc.get("param_init_type", "float32")
-
-
 def check_model_config(table: Table, mc: dict, where: Path) -> None:
-    """A MindFormers model_config read back: every key the table types, then what MindFormers needs of them."""
+    """A MindFormers model_config read back: every key the table types, MindFormers' defaults for the
+    keys left out, then what MindFormers and the table need of the values (the table's `check:`s)."""
     check_fields(table.model_config_rules, mc, where, "model_config.")
+    _apply_defaults(table, mc)
     heads, hidden = mc["num_heads"], mc["hidden_size"]
     if hidden % heads:
         raise ConvertError(where, f"model_config.hidden_size: {hidden} is not divisible by num_heads={heads}")
     kv = mc.get("n_kv_heads")
     if kv is not None and heads % kv:
         raise ConvertError(where, f"model_config.n_kv_heads: num_heads={heads} is not divisible by n_kv_heads={kv}")
+    for key, spec in table.model_config_rules.items():
+        if "check" in spec:
+            _check(spec, mc.get(key), mc, where, f"model_config.{key}")
 
 
 def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None) -> tuple[dict, dict]:
-    """(config.json, generation_config.json) for a MindFormers model_config, by the same table."""
+    """(config.json, generation_config.json) for a MindFormers model_config, by the same table read
+    backwards: a `to:` key gets its MindFormers value, a `require:` key its one value, a `back:` key
+    the value the table gives, a rule's keys what its inverse writes."""
     hf: dict = {}
     for key, spec in table.config_rules.items():
         if "to" in spec:
@@ -333,14 +384,15 @@ def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None
                 hf[key] = mc[target]
         elif "require" in spec:
             hf[key] = spec["require"]
+        if "back" in spec:
+            hf[key] = spec["back"]
     for name in _rule_names(table):
         try:
-            INVERSE_RULES[name](mc, hf)
+            RULES[name].inverse(mc, hf, table)
         except (KeyError, ValueError, TypeError) as e:
             raise ConvertError(where, f"model_config cannot be written back as config.json: {name}: {e}") from None
     if dtype:
         hf["torch_dtype"] = dtype
-    hf["attention_bias"] = bool(mc.get("qkv_has_bias", False))
     gen = {"bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id")}
     if hf.get("pad_token_id") is not None:
         gen["pad_token_id"] = hf["pad_token_id"]

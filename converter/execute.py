@@ -181,4 +181,4 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             tx.commit()
     finally:
         hashes.close()
-    return Result(out_dir, outputs, record, time.perf_counter() - start)
+    return Result(out_dir, outputs, record, time.perf_counter() - start, plan)

@@ -1,5 +1,6 @@
 """The MindSpore reader: a checkpoint (a directory, a .ckpt or a .safetensors file) and its MindFormers
-YAML, as headers and a checked model_config. No tensor data; planning the way back is plan_back's job.
+YAML, as headers and the model_config. No tensor data. Which table reads the model_config, and the
+checks of its values, are the planner's job: the YAML may record the table it was written with.
 """
 from __future__ import annotations
 
@@ -8,18 +9,16 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint
-from .config_rules import check_model_config
 from .errors import ConvertError
 from .formats import ckpt, safetensors as st
 from .formats.files import check_regular, read_small
 from .formats.tensor import TensorRef
-from .mapping import Table, load_table, safe_yaml
+from .mapping import safe_yaml, yaml_names
 from .value_types import kind
 
 
-def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML",
-                          table: Table | None = None) -> dict:
-    """model.model_config of a MindFormers YAML, every value the table types checked (ConvertError if not)."""
+def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> tuple[dict, str | None]:
+    """(model.model_config, the mapping table it records or None) of a MindFormers YAML."""
     try:
         data = safe_yaml(read_small(path, "MindFormers YAML", hint))
     except yaml.YAMLError:
@@ -34,8 +33,17 @@ def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model'
                                  f"expected a mapping of LlamaConfig fields")
     mc = dict(data["model"]["model_config"])
     mc.pop("type", None)
-    check_model_config(table or load_table(), mc, path)
-    return mc
+    record = data.get("llama_convert")
+    table = record.get("table") if isinstance(record, dict) else None
+    if table is not None and not isinstance(table, str):
+        raise ConvertError(path, f"llama_convert.table: is {kind(table)}; expected a table name")
+    return mc, table
+
+
+def find_yaml(root: Path) -> Path:
+    """The MindFormers YAML of an output directory, by the names the mapping tables write."""
+    names = yaml_names()
+    return next((root / n for n in names if (root / n).exists()), root / names[0])
 
 
 def ms_checkpoint_files(path: Path) -> list[Path]:
@@ -73,10 +81,10 @@ def open_ms_dir(path: Path, config: Path | None = None) -> Checkpoint:
     """A MindSpore checkpoint (a directory, a .ckpt or a .safetensors file) and its model_config."""
     files = ms_checkpoint_files(path)
     root = Path(path) if Path(path).is_dir() else Path(path).parent
-    cfg_path = config or root / "llama_config.yaml"
-    mc = read_mindformers_yaml(cfg_path)
+    cfg_path = config or find_yaml(root)
+    mc, table = read_mindformers_yaml(cfg_path)
     tensors, shard_of, others = read_ms_headers(files)
     index = root / "model.safetensors.index.json"
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     return Checkpoint(root, mc, None, tensors, files, index if index.exists() and len(files) > 1 else None,
-                    shard_of, tokenizer, config_path=cfg_path, non_tensors=others)
+                      shard_of, tokenizer, config_path=cfg_path, non_tensors=others, recorded_table=table)

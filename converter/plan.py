@@ -1,12 +1,13 @@
 """Room two and three: from headers to a plan of every output tensor, validated before any write.
 
 A plan says, for each output tensor, its name, shape, dtype, the source tensors it is made of and
-the op that makes it. A dry run prints it; execution follows it tensor by tensor.
+the op that makes it. Both directions plan from the same edges (edges.py): hf2ms reads them forward,
+ms2hf backward. A dry run prints the plan; execution follows it tensor by tensor.
 """
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -15,11 +16,12 @@ import yaml
 
 from . import ops
 from .checkpoint import Checkpoint
-from .config_rules import Translation, translate
-from .dtypes import FLOATS, dtype as _dtype
+from .config_rules import Translation, check_model_config, translate, translate_back
+from .dtypes import dtype as _dtype
+from .edges import account, expand
 from .errors import ConvertError
-from .mapping import Table, describe_layers, eval_dim, holds, layer_name, layer_names, layers_present, load_table, pattern_regex
-from .options import Options
+from .mapping import Table, describe_layers, layers_present, select_for_hf, select_for_ms
+from .options import HF2MSOptions, MS2HFOptions
 from .version import __version__
 
 
@@ -53,7 +55,7 @@ class PlannedTensor:
 class Plan:
     source: Checkpoint
     table: Table
-    options: Options
+    options: HF2MSOptions | MS2HFOptions
     translation: Translation
     tensors: list[PlannedTensor]
     skipped: list[dict] = field(default_factory=list)      # {"name", "reason"}
@@ -72,12 +74,16 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
     def model_yaml(self) -> dict:
-        mf = self.table.data["mindformers"]
+        mf = self.table.mindformers
+        # `llama_convert` records the table, so that the way back reads this YAML with it; MindFormers
+        # reads only the sections it knows.
         return {"model": {"model_config": {"type": mf["config_class"], **self.model_config},
-                          "arch": {"type": mf["model_class"]}}}
+                          "arch": {"type": mf["model_class"]}},
+                "llama_convert": {"table": self.table.name, "version": __version__}}
 
     def op_context(self) -> ops.OpContext:
-        return ops.OpContext(self.model_config["num_heads"], self.model_config["n_kv_heads"])
+        return ops.OpContext(self.model_config["num_heads"],
+                             self.model_config.get("n_kv_heads") or self.model_config["num_heads"])
 
 
 def weights_dtype(tensors: Iterable) -> str:
@@ -89,8 +95,11 @@ def weights_dtype(tensors: Iterable) -> str:
     return by_bytes.most_common(1)[0][0] if by_bytes else "none"
 
 
-def build_plan(source: Checkpoint, options: Options, table: Table | None = None) -> Plan:
-    table = table or load_table(options.table)
+def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = None) -> Plan:
+    """hf2ms: the edges read forward, one MindFormers tensor from its HF sources."""
+    if not isinstance(options, HF2MSOptions):
+        raise TypeError(f"hf2ms takes HF2MSOptions, not {type(options).__name__}")
+    table = table or select_for_hf(source.config, source.config_file, options.table)
     if not source.tensors:
         raise ConvertError(source.weight_files[0], "holds no tensors")
     gen_path = source.root / "generation_config.json"
@@ -99,29 +108,52 @@ def build_plan(source: Checkpoint, options: Options, table: Table | None = None)
     mc = translation.model_config
     refuse_layer_count(source, [spec["name"] for spec in table.hf_tensors.values()], mc["num_layers"],
                        "num_hidden_layers")
-    dims = table_dims(table, mc)
-    flags = {"qkv_concat": options.qkv_concat, "bias": mc["qkv_has_bias"], "tied": mc["tie_word_embeddings"],
-             "source_untied": not source.config.get("tie_word_embeddings", False)}
-
-    expected = _expected_hf(table, dims, flags, mc["num_layers"])
-    skipped, twins = _check_sources(source, table, expected, flags)
-    ctx = ops.OpContext(mc["num_heads"], mc["n_kv_heads"])
+    edges = expand(table, mc, source.config)
+    seen = account(table, "hf", edges.expected("hf"), source.tensors, [], _where(source), "config.json")
     dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
-    keyed = []  # (layer, rule order, tensor): whole-model tensors first, then layer by layer
-    for order, rule in enumerate(table.ms_rules):
-        if not holds(rule.when, flags):
-            continue
-        for i, name in layer_names(rule.name, mc["num_layers"]):
-            srcs = tuple(layer_name(table.hf_tensors[key]["name"], i) for key in rule.sources)
-            shapes = [source.tensors[s].shape for s in srcs]
-            pt = PlannedTensor(name, tuple(ops.get(rule.op).out_shape(shapes, ctx)), dtype_of[rule.dtype], srcs,
-                               tuple(source.tensors[s].dtype for s in srcs), rule.op)
-            keyed.append((-1 if i is None else i, order, pt))
-    tensors = [pt for *_, pt in sorted(keyed, key=lambda x: x[:2])]
-    plan = Plan(source, table, options, translation, tensors, skipped, twins)
+    tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
+                             tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
+    plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     assign_shards(plan)
-    plan.extra_files = {"llama_config.yaml": yaml_text(plan)}
+    plan.extra_files = {table.yaml_name: yaml_text(plan)}
     return plan
+
+
+def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | None = None) -> Plan:
+    """ms2hf: the same edges read backward, each MindFormers tensor split into its HF parts."""
+    if not isinstance(options, MS2HFOptions):
+        raise TypeError(f"ms2hf takes MS2HFOptions, not {type(options).__name__}: the way back writes HF "
+                        f"safetensors only")
+    table = table or select_for_ms(source.recorded_table, options.table)
+    mc = dict(source.config)
+    check_model_config(table, mc, source.config_file)
+    refuse_layer_count(source, [r.name for r in table.ms_rules], mc["num_layers"], "model_config.num_layers")
+    hf_dtype = options.dtype if options.dtype != "keep" else str(mc.get("param_init_type", "float32"))
+    hf_config, gen = translate_back(table, mc, source.config_file, None if options.dtype == "keep" else hf_dtype)
+    edges = expand(table, mc, hf_config)
+    seen = account(table, "ms", edges.expected("ms"), source.tensors, source.non_tensors, _where(source),
+                   source.config_file.name)
+    tensors, written = [], set()
+    for e in edges.edges:
+        src_dtype = (source.tensors[e.ms].dtype,)
+        for part, (name, shape) in enumerate(zip(e.hf, e.hf_shapes)):
+            if name not in written:  # one HF tensor may feed two MindFormers ones (--untie): write it once
+                written.add(name)
+                tensors.append(PlannedTensor(name, shape, hf_dtype, (e.ms,), src_dtype, e.op,
+                                             part=None if e.op == "copy" else part))
+    plan = Plan(source, table, options, Translation(mc), tensors, seen.skipped, [], direction="ms2hf",
+                weight_metadata={"format": "pt"})
+    assign_shards(plan)
+    plan.extra_files = {"config.json": json.dumps(hf_config, indent=2) + "\n",
+                        "generation_config.json": json.dumps(gen, indent=2) + "\n"}
+    return plan
+
+
+def _where(source: Checkpoint):
+    """What to name in a message about the checkpoint as a whole: its one file, else its index or directory."""
+    if len(source.weight_files) == 1:
+        return source.weight_files[0]
+    return source.index_file or source.root
 
 
 def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int, key: str) -> None:
@@ -136,78 +168,10 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
                            "the config and the weights do not belong together")
 
 
-def table_dims(table: Table, mc: dict) -> dict[str, int]:
-    """The table's shape symbols for a (validated) model_config."""
-    try:
-        return {k: eval_dim(v, mc) for k, v in table.data["dims"].items()}
-    except ValueError as e:
-        raise ConvertError(table.path, f"dims: {e}") from None
-
-
 def yaml_text(plan: Plan) -> str:
     head = (f"# MindFormers model config written by llama-convert {__version__}\n"
             f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
     return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
-
-
-def _expected_hf(table: Table, dims: dict, flags: dict, num_layers: int) -> dict[str, tuple[int, ...]]:
-    expected = {}
-    for spec in table.hf_tensors.values():
-        if holds(spec.get("when", ()), flags):
-            shape = tuple(dims[d] if isinstance(d, str) else int(d) for d in spec["shape"])
-            for _, name in layer_names(spec["name"], num_layers):
-                expected[name] = shape
-    return expected
-
-
-def _check_sources(source: Checkpoint, table: Table, expected: dict, flags: dict):
-    """Every source tensor accounted for, every expected one present with the shape the config implies."""
-    where = source.weight_files[0] if len(source.weight_files) == 1 else source.index_file
-    missing = [n for n in expected if n not in source.tensors]
-    wrong = []
-    for name, shape in expected.items():
-        ref = source.tensors.get(name)
-        if ref is not None and ref.shape != shape:
-            wrong.append(f"{name} is {list(ref.shape)} in {ref.file.name}, config.json implies {list(shape)}")
-        if ref is not None and ref.dtype not in FLOATS:
-            wrong.append(f"{name} has dtype {ref.dtype}; only bfloat16, float16 and float32 weights convert")
-    skipped, twins, unknown = [], [], []
-    skip_res = [(re.compile(pattern_regex(p)), reason) for p, reason in table.skip.items()]
-    twin_names = {table.hf_tensors[a]["name"]: table.hf_tensors[b]["name"] for a, b in table.tied_twins.items()}
-    for name in source.tensors:
-        if name in expected:
-            continue
-        reason = next((r for rx, r in skip_res if rx.match(name)), None)
-        if reason:
-            skipped.append({"name": name, "reason": reason})
-        elif name in twin_names and not flags["source_untied"]:
-            twins.append((name, twin_names[name]))
-            skipped.append({"name": name, "reason": f"tied to {twin_names[name]} (tie_word_embeddings is true); "
-                                                    f"checked equal before writing"})
-        else:
-            unknown.append(name)
-    refuse_mismatch(where, missing, unknown, f"the table {table.path.name} has no rule for them",
-                    wrong, "config.json")
-    return skipped, twins
-
-
-def refuse_mismatch(where, missing: list[str], unknown: list[str], unknown_why: str, wrong: list[str],
-                    config_name: str) -> None:
-    """One line that says everything wrong between a checkpoint and its config, or nothing."""
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensors missing ({few(missing)})")
-    if unknown:
-        problems.append(f"{len(unknown)} unknown tensors ({few(unknown)}); {unknown_why}")
-    if wrong:
-        problems.append(f"shape/dtype disagrees with {config_name}: {few(wrong, 3)}")
-    if problems:
-        raise ConvertError(where, "; ".join(problems))
-
-
-def few(items: list[str], n: int = 4) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
 def assign_shards(plan: Plan) -> None:

@@ -17,6 +17,7 @@ class Result:
     files: list[dict]
     record: dict
     seconds: float
+    plan: Plan
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -87,7 +88,7 @@ def result_text(plan: Plan, result: Result) -> str:
     casts = [t for t in plan.tensors if t.cast]
     lines = [f"converted {plan.source.root} -> {result.out_dir} in {result.seconds:.2f} s",
              f"  {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, format {plan.options.format}"
-             f"{', qkv_concat' if plan.options.qkv_concat else ''}, dtype {weights_dtype(plan.tensors)}"
+             f"{', qkv_concat' if plan.model_config.get('qkv_concat') else ''}, dtype {weights_dtype(plan.tensors)}"
              f", tie_word_embeddings {plan.model_config.get('tie_word_embeddings', False)}"]
     if casts:
         kinds = sorted({t.cast for t in casts})

@@ -1,8 +1,8 @@
 """The parity gate: the converted MindFormers model against the HF original, on the same tokens.
 
-Both sides run the real implementations: transformers' LlamaForCausalLM in float32 on CPU, and
-MindFormers' LlamaForCausalLM built from OUT_DIR/llama_config.yaml with the checkpoint loaded
-strictly, in PyNative mode. When logits disagree (or --layers asks), hidden states are captured
+Both sides run the real implementations, named by the mapping table: transformers' class for the
+architecture (LlamaForCausalLM, Qwen2ForCausalLM, ...) in float32 on CPU, and MindFormers' model
+built from OUT_DIR's YAML with the checkpoint loaded strictly, in PyNative mode. When logits disagree (or --layers asks), hidden states are captured
 after the embedding, after every decoder layer and after the final norm on both sides, and the
 first place where they part is named, so a wrong mapping rule is located, not just detected.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConvertError
-from .ms_source import ms_checkpoint_files, read_mindformers_yaml
+from .mapping import Table
+from .ms_source import ms_checkpoint_files
 
 # Pass criteria per (device, parameter dtype). CPU runs everything in float32; the Ascend rows
 # are for MindFormers' production kernels in half precision and have not been run here.
@@ -123,14 +124,14 @@ def capture_places(embedding, layers, final_norm) -> list[tuple[str, object]]:
 
 
 class HFSide:
-    def __init__(self, hf_dir: Path):
+    def __init__(self, hf_dir: Path, table: Table):
         import torch
         import transformers
         transformers.logging.set_verbosity_error()
         self.torch = torch
+        model_class = getattr(transformers, table.hf["model_class"])
         try:
-            self.model = transformers.LlamaForCausalLM.from_pretrained(
-                hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+            self.model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
         except Exception as e:  # transformers raises many types for unreadable directories
             raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
         self.captured: dict[str, np.ndarray] = {}
@@ -150,7 +151,7 @@ class HFSide:
 
 
 class MSSide:
-    def __init__(self, ms_dir: Path, device: str, batch: int, length: int):
+    def __init__(self, ms_dir: Path, cfg: dict, yaml_path: Path, table: Table, device: str, batch: int, length: int):
         # Quiet MindSpore's C++ log, and keep MindFormers' log directory out of the user's cwd.
         os.environ.setdefault("GLOG_v", "3")
         os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(tempfile.gettempdir(), "llama-convert-mindformers"))
@@ -160,10 +161,11 @@ class MSSide:
         # MindFormers' logger binds a handler to sys.stdout when first imported; point it at stderr
         # so that stdout carries only our report (and valid JSON with --json).
         with contextlib.redirect_stdout(sys.stderr):
-            from mindformers.models import LlamaConfig, LlamaForCausalLM
+            import mindformers.models
+        config_class = getattr(mindformers.models, table.mindformers["config_class"])
+        model_class = getattr(mindformers.models, table.mindformers["model_class"])
         logging.getLogger("mindformers").setLevel(logging.WARNING)
         self.ms = ms
-        cfg = read_model_config(ms_dir)
         self.dtype = cfg.get("param_init_type", "float32")
         overrides = {"batch_size": batch, "seq_length": length, "use_past": False}
         if device == "CPU":
@@ -171,10 +173,10 @@ class MSSide:
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
         try:
-            self.net = LlamaForCausalLM(LlamaConfig(**{**cfg, **overrides}))
+            self.net = model_class(config_class(**{**cfg, **overrides}))
         except Exception as e:  # the YAML's untyped keys (parallelism, kernels, ...) reach MindFormers as they are
-            raise ConvertError(Path(ms_dir) / "llama_config.yaml", f"MindFormers cannot build LlamaForCausalLM from "
-                               f"this model_config: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+            raise ConvertError(yaml_path, f"MindFormers cannot build {model_class.__name__} from this model_config: "
+                               f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
         self.net.set_train(False)
         params = load_ms_params(ms, ms_dir)
         if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
@@ -182,7 +184,7 @@ class MSSide:
                 params[k] = ms.Parameter(params.pop(k).astype(ms.float32), name=k)
         missing, unexpected = ms.load_param_into_net(self.net, params, strict_load=True)
         if missing or unexpected:
-            raise ConvertError(ms_dir, f"checkpoint does not fit llama_config.yaml: missing {missing[:3]}, "
+            raise ConvertError(ms_dir, f"checkpoint does not fit {yaml_path.name}: missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}")
         self.captured: dict[str, np.ndarray] = {}
         self.capture = True
@@ -207,47 +209,44 @@ class MSSide:
         return logits.astype(self.ms.float32).asnumpy().reshape(batch, self.length, -1)[:, :n]
 
 
-def read_model_config(ms_dir: Path) -> dict:
-    return read_mindformers_yaml(Path(ms_dir) / "llama_config.yaml",
-                                 "MS_DIR must be an output directory of llama-convert hf2ms")
+# The model_config keys that make two checkpoints different models (whatever the architecture: every
+# table writes MindFormers' Llama).
+STRUCTURAL = ("hidden_size", "num_layers", "num_heads", "n_kv_heads", "vocab_size", "intermediate_size",
+              "tie_word_embeddings", "qkv_has_bias", "attn_proj_has_bias")
 
 
-# model_config key -> the HF config.json key it comes from: what makes two checkpoints different models.
-STRUCTURAL = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-              "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size",
-              "intermediate_size": "intermediate_size", "tie_word_embeddings": "tie_word_embeddings",
-              "qkv_has_bias": "attention_bias"}
-
-
-def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
+def refuse_different_models(hf_dir: Path, ms_dir: Path):
     """ConvertError unless MS_DIR can be a conversion of HF_DIR, decided from configs and headers alone.
 
     Both sides are planned as the converter would (HF config through the table, MindSpore checkpoint
     through the table backwards), which also checks each checkpoint against its own config; then the
     structural keys and the shapes of the tensors both sides name are compared. Loading two models
     only to report garbage logits (or to crash building one) is worse than saying so up front.
+    Returns (hf2ms plan of HF_DIR, ms2hf plan of MS_DIR): their tables and checked model_configs.
     """
-    from .options import Options
-    from .plan import build_plan, few
+    from .edges import few
     from .hf_source import open_hf_dir
     from .ms_source import open_ms_dir
-    from .plan_back import build_ms2hf_plan
+    from .options import HF2MSOptions, MS2HFOptions
+    from .plan import build_ms2hf_plan, build_plan
     from .value_types import show
 
-    hf_plan = build_plan(open_hf_dir(hf_dir), Options())
-    ms_plan = build_ms2hf_plan(open_ms_dir(ms_dir), Options(format="safetensors"))
+    hf_plan = build_plan(open_hf_dir(hf_dir), HF2MSOptions())
+    ms_plan = build_ms2hf_plan(open_ms_dir(ms_dir), MS2HFOptions())
     hf_mc, ms_mc = hf_plan.model_config, ms_plan.model_config
     differ = []
-    for key, hf_key in STRUCTURAL.items():
+    if hf_plan.table.name != ms_plan.table.name:
+        differ.append(f"table {ms_plan.table.name} vs {hf_plan.table.name} for config.json")
+    for key in STRUCTURAL:
         a, b = hf_mc.get(key), ms_mc.get(key)
         if key == "n_kv_heads":
             a, b = a or hf_mc["num_heads"], b or ms_mc["num_heads"]
-        elif key in ("tie_word_embeddings", "qkv_has_bias"):
+        elif isinstance(a, bool) or isinstance(b, bool):
             a, b = bool(a), bool(b)
         if key == "tie_word_embeddings" and a and not b:
             continue  # hf2ms --untie: the tied embedding was copied into lm_head; the same model
         if a != b:
-            differ.append(f"model_config.{key} {show(b)} vs config.json {hf_key} {show(a)}")
+            differ.append(f"model_config.{key} {show(b)} vs {show(a)} from config.json")
     hf_shapes = {n: r.shape for n, r in hf_plan.source.tensors.items()}
     shapes = [f"{t.name} {list(t.shape)} vs {list(hf_shapes[t.name])}" for t in ms_plan.tensors
               if t.name in hf_shapes and hf_shapes[t.name] != t.shape]
@@ -257,6 +256,7 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path) -> None:
         raise ConvertError(ms_plan.source.config_file, f"describes a different model than {hf_plan.source.config_file}: "
                            f"{', '.join(differ)}", "MS_DIR is not a conversion of HF_DIR; verify compares a model "
                            "with its own conversion")
+    return hf_plan, ms_plan
 
 
 def load_ms_params(ms, ms_dir: Path) -> dict:
@@ -285,19 +285,22 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     hf_dir, ms_dir = Path(hf_dir), Path(ms_dir)
     if not (hf_dir / "config.json").exists():
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
-    cfg = read_model_config(ms_dir)
     ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
-    refuse_different_models(hf_dir, ms_dir)
+    hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
+    cfg = ms_plan.model_config
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
-    ids = seeded_tokens(vocab, opts.batch, opts.seq_len, opts.seed, pad)
+    # The model was converted for at most seq_length tokens; beyond it the two sides need not agree
+    # (a Mistral sliding window converts exactly only up to it).
+    seq_len = min(opts.seq_len, cfg.get("seq_length") or opts.seq_len)
+    ids = seeded_tokens(vocab, opts.batch, seq_len, opts.seed, pad)
     prompt = list(opts.prompt_ids) if opts.prompt_ids else ids[0, :8].tolist()
     if opts.generate and any(not 0 <= t < vocab for t in prompt):
         raise ConvertError(None, f"--prompt-ids must be token ids in [0, {vocab})")
-    length = max(opts.seq_len, len(prompt) + opts.generate if opts.generate else 0)
+    length = max(seq_len, len(prompt) + opts.generate if opts.generate else 0)
 
-    hf = HFSide(hf_dir)
-    ms = MSSide(ms_dir, opts.device, opts.batch, length)
+    hf = HFSide(hf_dir, hf_plan.table)
+    ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length)
     tol_key = (opts.device, "any") if opts.device == "CPU" else (opts.device, ms.dtype)
     tol = TOLERANCES[tol_key]
 
@@ -310,12 +313,12 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
 
     first, layer_rows = None, []
     if opts.layers or failures:
-        first, layer_rows = first_divergence(hf.captured, ms.captured, tol["layer_rel_diff"], opts.seq_len)
+        first, layer_rows = first_divergence(hf.captured, ms.captured, tol["layer_rel_diff"], seq_len)
         if failures and first is None:
             first = "lm_head"  # every hidden state agrees, so the output projection differs
 
     report = VerifyReport(passed=not failures, device=opts.device, dtype="float32" if opts.device == "CPU" else ms.dtype,
-                          tolerances=tol, batch=opts.batch, seq_len=opts.seq_len, seed=opts.seed, **m,
+                          tolerances=tol, batch=opts.batch, seq_len=seq_len, seed=opts.seed, **m,
                           first_divergent_layer=first if failures else None, layers=layer_rows, failures=failures)
     if opts.generate:
         ms.capture = False

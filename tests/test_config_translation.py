@@ -10,13 +10,13 @@ from conftest import FIXTURES, REAL_CONFIG_FILES, REAL_MODELS
 from converter.config_rules import translate
 from converter.errors import ConvertError
 from converter.mapping import load_table
-from converter.options import Options
+from converter.options import HF2MSOptions
 
 TABLE = load_table()
 
 
 def tr(hf: dict, gen: dict | None = None, **opts):
-    return translate(TABLE, hf, gen, Options(**opts), "bfloat16", Path("config.json"))
+    return translate(TABLE, hf, gen, HF2MSOptions(**opts), "bfloat16", Path("config.json"))
 
 
 def real(name: str) -> dict:
@@ -28,7 +28,7 @@ def test_every_real_config_is_accepted_by_mindformers_or_rejected_naming_the_key
     from mindformers.models import LlamaConfig
     hf = json.loads(path.read_text())
     try:
-        fields = translate(TABLE, hf, None, Options(), "bfloat16", path).model_config
+        fields = translate(TABLE, hf, None, HF2MSOptions(), "bfloat16", path).model_config
     except ConvertError as e:
         line = e.one_line()
         assert "\n" not in line and str(path) in line

@@ -11,16 +11,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "converter"
 # front door and the CLI) may import anything, since nothing in the package imports it.
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"dtypes", "options", "ops", "value_types"},
+    {"dtypes", "options", "ops", "value_types", "exprs"},
     {"formats", "formats.files", "formats.payload"},
     {"formats.tensor"},
     {"formats.safetensors", "formats.ckpt", "formats.torch_bin"},
-    {"mapping"},                        # the table
+    {"mapping"},                        # the tables: found, loaded, checked
+    {"edges"},                          # one model's mapping, read both ways
     {"config_rules"},                   # the table's config rules, both ways
     {"checkpoint"},                     # what both readers return
     {"hf_source", "ms_source"},         # readers
-    {"plan"},                           # hf2ms planner; the way back reuses its Plan
-    {"plan_back"},
+    {"plan"},                           # both directions, from the same edges
     {"outdir", "hashing"},              # the out-dir transaction, sha256 of files
     {"report"},                         # what was done, conversion.json included
     {"execute"},                        # payloads, writers, orchestration

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, run_cli
-from converter import Options, convert_hf2ms, convert_ms2hf
+from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf
 from converter.config_rules import rope_settings
 from converter.formats import ckpt, safetensors as st
 
@@ -48,7 +48,7 @@ def model_keys(cfg: dict) -> dict:
 
 @pytest.mark.parametrize("src,fmt,qkv", COMBOS, ids=IDS)
 def test_hf_to_ms_to_hf_is_byte_identical(tmp_path, src, fmt, qkv):
-    convert_hf2ms(src, tmp_path / "ms", Options(format=fmt, qkv_concat=qkv))
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(format=fmt, qkv_concat=qkv))
     assert run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf").returncode == 0
     back, orig = raw(tmp_path / "hf"), raw(src)
     src_cfg = json.loads((src / "config.json").read_text())
@@ -63,7 +63,7 @@ def test_hf_to_ms_to_hf_is_byte_identical(tmp_path, src, fmt, qkv):
 
 @pytest.mark.parametrize("src,fmt,qkv", COMBOS, ids=IDS)
 def test_ms_to_hf_to_ms_is_byte_identical(tmp_path, src, fmt, qkv):
-    opts = Options(format=fmt, qkv_concat=qkv)
+    opts = HF2MSOptions(format=fmt, qkv_concat=qkv)
     convert_hf2ms(src, tmp_path / "ms1", opts)
     convert_ms2hf(tmp_path / "ms1", tmp_path / "hf")
     convert_hf2ms(tmp_path / "hf", tmp_path / "ms2", opts)
@@ -73,7 +73,7 @@ def test_ms_to_hf_to_ms_is_byte_identical(tmp_path, src, fmt, qkv):
 def test_transformers_loads_the_way_back_and_computes_the_same(tmp_path):
     import transformers
     src = FIXTURES / "gqa-llama3-rope"
-    convert_hf2ms(src, tmp_path / "ms", Options(qkv_concat=True))
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(qkv_concat=True))
     convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
     ids = torch.arange(1, 40).reshape(1, -1)
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_training_state_is_skipped_and_reported(ms, tmp_path):
 
 
 def test_unknown_entries_are_refused(ms, tmp_path):
-    convert_hf2ms(FIXTURES / "gqa-linear-rope", tmp_path / "ms", Options(format="safetensors"))
+    convert_hf2ms(FIXTURES / "gqa-linear-rope", tmp_path / "ms", HF2MSOptions(format="safetensors"))
     from safetensors.numpy import load_file, save_file
     f = tmp_path / "ms/model.safetensors"
     state = load_file(f)
@@ -145,7 +145,7 @@ def test_inspect_lists_tensors_from_headers(tmp_path, what):
         path = src
     else:
         fmt = "ckpt" if what == "ckpt" else "safetensors"
-        convert_hf2ms(src, tmp_path / "ms", Options(format=fmt))
+        convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(format=fmt))
         path = next((tmp_path / "ms").glob(f"*.{fmt}"))
     proc = run_cli("inspect", path, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -159,7 +159,7 @@ def test_inspect_lists_tensors_from_headers(tmp_path, what):
 
 def test_diff_of_a_model_and_its_conversion_is_same(tmp_path):
     src = FIXTURES / "gqa-tied-bf16-sharded"
-    convert_hf2ms(src, tmp_path / "ms", Options(qkv_concat=True))
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(qkv_concat=True))
     proc = run_cli("diff", src, tmp_path / "ms", "--json")
     assert proc.returncode == 0, proc.stdout
     r = json.loads(proc.stdout)
@@ -168,7 +168,7 @@ def test_diff_of_a_model_and_its_conversion_is_same(tmp_path):
 
 def test_diff_finds_a_changed_tensor_and_exits_1(ms, tmp_path):
     src = FIXTURES / "mha-untied-fp32"
-    convert_hf2ms(src, tmp_path / "ms", Options(qkv_concat=True))
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(qkv_concat=True))
     path = tmp_path / "ms/model.ckpt"
     params = {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
     params["model.layers.1.feed_forward.w2.weight"][0, 0] += 0.5

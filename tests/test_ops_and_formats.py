@@ -133,13 +133,13 @@ def test_ckpt_scan_rejects_truncation(tmp_path):
 
 
 def test_buffered_copy_path_writes_the_same_bytes_as_the_kernel_path(tmp_path, monkeypatch):
-    from converter import Options, convert_hf2ms
+    from converter import HF2MSOptions, convert_hf2ms
     from converter.formats import payload
     from conftest import FIXTURES
     src = FIXTURES / "gqa-tied-bf16-sharded"
-    convert_hf2ms(src, tmp_path / "kernel", Options(format="safetensors"))
+    convert_hf2ms(src, tmp_path / "kernel", HF2MSOptions(format="safetensors"))
     monkeypatch.setattr(payload, "COPY_MODE", "buffered")
-    convert_hf2ms(src, tmp_path / "buffered", Options(format="safetensors"))
+    convert_hf2ms(src, tmp_path / "buffered", HF2MSOptions(format="safetensors"))
     for f in (tmp_path / "kernel").glob("*.safetensors"):
         assert f.read_bytes() == (tmp_path / "buffered" / f.name).read_bytes()
 

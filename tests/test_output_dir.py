@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import FIXTURES, run_cli
-from converter import Options, convert_hf2ms
+from converter import HF2MSOptions, convert_hf2ms
 from oracle import as_float32, hf_state, load_ms_checkpoint
 
 LLAMA3 = FIXTURES / "gqa-llama3-rope"      # tokenizer files, generation_config, eos list
@@ -126,7 +126,7 @@ def test_ckpt_slices_large_tensors_like_mindspore_and_loads_back_intact(tmp_path
     from mindspore.train.checkpoint_pb2 import Checkpoint
     src = FIXTURES / "mha-untied-fp32"
     out = tmp_path / "out"
-    convert_hf2ms(src, out, Options(ckpt_slice_bytes=10_000))
+    convert_hf2ms(src, out, HF2MSOptions(ckpt_slice_bytes=10_000))
     parsed = Checkpoint()
     parsed.ParseFromString((out / "model.ckpt").read_bytes())  # the real schema, parsed by protobuf
     tags = [v.tag for v in parsed.value]
@@ -169,8 +169,8 @@ def test_json_summary_after_conversion(tmp_path):
 def test_bf16_conversion_imports_none_of_the_heavy_libraries(tmp_path, fmt):
     # mindspore costs 1.6 s at start and numpy 50 ms: a conversion of bf16 weights, fused or not,
     # copies and rearranges bytes and widens the norms, and needs neither.
-    code = (f"import sys; from converter import Options, convert_hf2ms; "
-            f"convert_hf2ms({str(SHARDED)!r}, {str(tmp_path / 'out')!r}, Options(format={fmt!r}, qkv_concat=True)); "
+    code = (f"import sys; from converter import HF2MSOptions, convert_hf2ms; "
+            f"convert_hf2ms({str(SHARDED)!r}, {str(tmp_path / 'out')!r}, HF2MSOptions(format={fmt!r}, qkv_concat=True)); "
             f"print(sorted(m for m in ('mindspore', 'mindformers', 'torch', 'transformers', 'numpy') "
             f"if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

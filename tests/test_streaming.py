@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from converter import Options, convert_hf2ms, convert_ms2hf, ops, plan_hf2ms
+from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf, ops, plan_hf2ms
 from converter.dtypes import cast
 from converter.errors import ConvertError
 from converter.execute import Materializer
@@ -30,9 +30,9 @@ def weights(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("opts", [
-    Options(format="safetensors", qkv_concat=True),
-    Options(format="ckpt", qkv_concat=True, dtype="float16"),
-    Options(format="ckpt", qkv_concat=True, dtype="float32", ckpt_slice_bytes=1000),
+    HF2MSOptions(format="safetensors", qkv_concat=True),
+    HF2MSOptions(format="ckpt", qkv_concat=True, dtype="float16"),
+    HF2MSOptions(format="ckpt", qkv_concat=True, dtype="float32", ckpt_slice_bytes=1000),
 ], ids=["st-qkv", "ckpt-qkv-fp16", "ckpt-qkv-fp32-sliced"])
 def test_small_windows_write_the_same_bytes_as_large_ones(tmp_path, monkeypatch, opts):
     convert_hf2ms(SRC, tmp_path / "large", opts)
@@ -42,7 +42,7 @@ def test_small_windows_write_the_same_bytes_as_large_ones(tmp_path, monkeypatch,
 
 
 def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset():
-    plan = plan_hf2ms(SRC, Options(qkv_concat=True, dtype="float16"))
+    plan = plan_hf2ms(SRC, HF2MSOptions(qkv_concat=True, dtype="float16"))
     make, ctx = Materializer(plan), plan.op_context()
     rng = np.random.default_rng(0)
     fused = [pt for pt in plan.tensors if pt.op != "copy"]
@@ -62,7 +62,7 @@ def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset():
 
 def test_parts_of_sliced_fused_tensors_come_back_exactly(tmp_path, monkeypatch):
     # w_qkv and w_gate_hidden cut into 1000-byte slices: their parts cross slice boundaries mid-run.
-    convert_hf2ms(SRC, tmp_path / "ms", Options(qkv_concat=True, ckpt_slice_bytes=1000))
+    convert_hf2ms(SRC, tmp_path / "ms", HF2MSOptions(qkv_concat=True, ckpt_slice_bytes=1000))
     monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
     convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
     back, orig = raw(tmp_path / "hf"), raw(SRC)
@@ -75,19 +75,19 @@ def test_a_tied_lm_head_equal_to_the_embedding_except_its_last_element_is_refuse
     edit_config(src, tie_word_embeddings=True)
     edit_weights(src, lambda state: state.update({"lm_head.weight": state["model.embed_tokens.weight"].clone()}))
     monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
-    convert_hf2ms(src, tmp_path / "equal", Options())  # equal twins: the copy is dropped
+    convert_hf2ms(src, tmp_path / "equal", HF2MSOptions())  # equal twins: the copy is dropped
 
     def nudge_last(state):
         state["lm_head.weight"].view(-1)[-1] += 1.0
     edit_weights(src, nudge_last)
     with pytest.raises(ConvertError, match="lm_head.weight differs from model.embed_tokens.weight"):
-        convert_hf2ms(src, tmp_path / "differs", Options())
+        convert_hf2ms(src, tmp_path / "differs", HF2MSOptions())
 
 
 def test_copied_tensors_keep_their_offset_modulo_the_page(tmp_path):
     # The kernel copies page-congruent ranges faster; safetensors allows padding the header.
     from converter.formats.safetensors import read_header
-    convert_hf2ms(SRC, tmp_path / "out", Options(format="safetensors"))
+    convert_hf2ms(SRC, tmp_path / "out", HF2MSOptions(format="safetensors"))
     for out_file in sorted((tmp_path / "out").glob("*.safetensors")):
         source, _ = read_header(SRC / out_file.name)
         written, _ = read_header(out_file)
@@ -101,8 +101,8 @@ def test_copied_tensors_keep_their_offset_modulo_the_page(tmp_path):
 def test_padded_ckpt_loads_in_mindspore_exactly_like_an_unpadded_one(tmp_path, ms, slice_bytes):
     from mindspore.train.checkpoint_pb2 import Checkpoint
     src = FIXTURES / "mha-untied-fp32"
-    convert_hf2ms(src, tmp_path / "plain", Options(ckpt_slice_bytes=slice_bytes, ckpt_align_min_bytes=1 << 40))
-    convert_hf2ms(src, tmp_path / "padded", Options(ckpt_slice_bytes=slice_bytes, ckpt_align_min_bytes=1))
+    convert_hf2ms(src, tmp_path / "plain", HF2MSOptions(ckpt_slice_bytes=slice_bytes, ckpt_align_min_bytes=1 << 40))
+    convert_hf2ms(src, tmp_path / "padded", HF2MSOptions(ckpt_slice_bytes=slice_bytes, ckpt_align_min_bytes=1))
     plain, padded = (tmp_path / d / "model.ckpt" for d in ("plain", "padded"))
     assert padded.stat().st_size > plain.stat().st_size
     parsed = {}
@@ -120,7 +120,7 @@ def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(
     from converter.formats import ckpt
     from converter.formats.safetensors import read_header
     src = FIXTURES / "mha-untied-fp32"
-    convert_hf2ms(src, tmp_path / "ms", Options(ckpt_align_min_bytes=1))
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(ckpt_align_min_bytes=1))
     source, _ = read_header(src / "model.safetensors")
     written = {r.name: r for r in ckpt.scan(tmp_path / "ms" / "model.ckpt")[0]}
     src_off = source["model.embed_tokens.weight"].ranges.segments[0][0]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
-from converter import Options, convert_hf2ms
+from converter import HF2MSOptions, convert_hf2ms
 from converter.verify import VerifyOptions, verify
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
@@ -20,7 +20,7 @@ COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False,
                          ids=[f"{s.name}-{f}{'-qkv' if q else ''}{'-untie' if u else ''}" for s, f, q, u in COMBOS])
 def test_converted_model_matches_hf(ms, tmp_path, src, fmt, qkv, untie):
     out = tmp_path / "out"
-    convert_hf2ms(src, out, Options(format=fmt, qkv_concat=qkv, untie=untie))
+    convert_hf2ms(src, out, HF2MSOptions(format=fmt, qkv_concat=qkv, untie=untie))
     r = verify(src, out, VerifyOptions(seq_len=48))
     assert r.passed, r.failures
     assert r.max_abs_diff <= 1e-4 and r.top1_agreement == 1.0 and r.first_divergent_layer is None
@@ -33,7 +33,7 @@ GQA = FIXTURES / "gqa-linear-rope"   # fp32, 4 heads / 2 KV heads, untied
 
 def converted(tmp_path: Path, qkv: bool) -> Path:
     out = tmp_path / "out"
-    convert_hf2ms(GQA, out, Options(format="ckpt", qkv_concat=qkv))
+    convert_hf2ms(GQA, out, HF2MSOptions(format="ckpt", qkv_concat=qkv))
     return out
 
 
@@ -127,7 +127,7 @@ def test_tiny_random_llama_matches_its_published_greedy_ids(tmp_path):
     if not src.exists():
         pytest.skip("shared/ not beside the checkout")
     out = tmp_path / "out"
-    convert_hf2ms(src, out, Options(qkv_concat=True))
+    convert_hf2ms(src, out, HF2MSOptions(qkv_concat=True))
     expected = json.loads((src / "expected_greedy.json").read_text())
     r = verify(src, out, VerifyOptions(generate=len(expected["greedy_new_ids"]),
                                        prompt_ids=tuple(expected["prompt_ids"])))
@@ -165,6 +165,13 @@ def test_hf2ms_verify_converts_then_proves(tmp_path):
 
 
 def test_verify_without_yaml_is_bad_input(tmp_path):
+    convert_hf2ms(FIXTURES / "mha-untied-fp32", tmp_path / "out")
+    (tmp_path / "out/llama_config.yaml").unlink()
+    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", tmp_path / "out")
+    assert proc.returncode == 2 and "llama_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_of_a_directory_without_a_checkpoint_is_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("verify", FIXTURES / "mha-untied-fp32", tmp_path / "empty")
-    assert proc.returncode == 2 and "llama_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no .ckpt or .safetensors" in proc.stderr and "Traceback" not in proc.stderr
