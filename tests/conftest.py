@@ -18,11 +18,27 @@ FIXTURES = REPO / "fixtures"
 SHARED = Path(os.environ.get("LLAMA_CONVERT_SHARED", REPO.parent / "shared"))
 REAL_MODELS = SHARED / "real-models"
 REAL_CONFIGS = SHARED / "real-configs"
+REAL_FAMILY = SHARED / "real-models-family"
 
 FIXTURE_DIRS = sorted(p for p in FIXTURES.iterdir() if (p / "config.json").exists())
 REAL_MODEL_DIRS = sorted(p for p in REAL_MODELS.glob("*") if (p / "config.json").exists()) if REAL_MODELS.exists() else []
 REAL_CONFIG_FILES = sorted(REAL_CONFIGS.glob("*.json")) if REAL_CONFIGS.exists() else []
-ALL_MODEL_DIRS = FIXTURE_DIRS + REAL_MODEL_DIRS
+REAL_FAMILY_DIRS = sorted(p for p in REAL_FAMILY.glob("*") if (p / "config.json").exists()) if REAL_FAMILY.exists() else []
+
+
+def _converts_as_it_is(src: Path) -> bool:
+    """Real checkpoints of other architectures join every end-to-end test when a table converts them with
+    default options. The others (InternLM2: no table; Mistral with a 4-token window: --seq-length 4) have
+    their own tests, which also pin down why they are left out here."""
+    from converter import ConvertError, plan_hf2ms
+    try:
+        plan_hf2ms(src)
+    except ConvertError:
+        return False
+    return True
+
+
+ALL_MODEL_DIRS = FIXTURE_DIRS + REAL_MODEL_DIRS + [p for p in REAL_FAMILY_DIRS if _converts_as_it_is(p)]
 
 
 def model_id(p: Path) -> str:

@@ -1,0 +1,219 @@
+"""One table per architecture: chosen by the model, extended by difference, checked when loaded, and
+read both ways; the library API keeps the two directions' options apart."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, REAL_CONFIGS, refused, run_cli
+from converter import HF2MSOptions, MS2HFOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms, plan_ms2hf
+from converter.config_rules import RULES, translate
+from converter.errors import ConvertError
+from converter.mapping import load_table, select_for_hf, shipped_tables, tables_dir
+
+FAMILY_CONFIGS = sorted((REAL_CONFIGS / "family").glob("*.json")) if (REAL_CONFIGS / "family").exists() else []
+QWEN2 = FIXTURES / "qwen2-tied-bf16"
+LLAMA = FIXTURES / "mha-untied-fp32"
+
+
+def hf_copy(src: Path, tmp: Path, **config) -> Path:
+    dst = tmp / "src"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **config}))
+    return dst
+
+
+# ------------------------------------------------------------------ the shipped tables
+
+def test_every_shipped_table_loads_and_claims_its_own_architectures():
+    tables = shipped_tables()
+    assert {t.name for t in tables} >= {"llama", "qwen2"}
+    claimed = [a for t in tables for a in t.hf["architectures"]]
+    assert len(claimed) == len(set(claimed)), "an architecture is claimed by two tables"
+    for t in tables:
+        assert t.hf["model_class"] in t.hf["architectures"], t.name  # ms2hf writes one it would read back
+
+
+def test_every_config_rule_has_its_inverse():
+    assert all(r.inverse is not None for r in RULES.values()), [n for n, r in RULES.items() if r.inverse is None]
+
+
+@pytest.mark.parametrize("fixture,table", [("mha-untied-fp32", "llama"), ("gqa-llama3-rope", "llama"),
+                                           ("qwen2-tied-bf16", "qwen2"), ("qwen2-untied-fp32-sharded", "qwen2")])
+def test_the_table_is_chosen_by_the_configs_architecture(fixture, table):
+    assert plan_hf2ms(FIXTURES / fixture).table.name == table
+
+
+def test_without_a_known_architecture_model_type_chooses(tmp_path):
+    src = hf_copy(QWEN2, tmp_path, architectures=["Qwen2ForSomethingNew"])
+    assert select_for_hf(json.loads((src / "config.json").read_text()), src / "config.json").name == "qwen2"
+
+
+def test_an_architecture_no_table_converts_is_one_line_naming_it_and_the_tables(tmp_path):
+    src = hf_copy(LLAMA, tmp_path, architectures=["InternLM2ForCausalLM"], model_type="internlm2",
+                  use_sliding_window=False)
+    refused(run_cli("hf2ms", src, tmp_path / "out"), "config.json: architectures", "InternLM2ForCausalLM",
+            "not converted by any mapping table", "qwen2: Qwen2ForCausalLM", "--table",
+            absent=("unknown config key", "use_sliding_window"))
+
+
+def test_table_overrides_the_choice_and_the_wrong_table_says_so_by_key(tmp_path):
+    refused(run_cli("hf2ms", QWEN2, tmp_path / "out", "--table", "llama"), "config.json: architectures",
+            "not converted by table llama")
+
+
+def test_table_accepts_a_path(tmp_path):
+    for name in ("llama.yaml", "qwen2.yaml"):
+        shutil.copy(tables_dir() / name, tmp_path / name)
+    proc = run_cli("hf2ms", QWEN2, tmp_path / "out", "--table", tmp_path / "qwen2.yaml", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_yaml"]["model"]["model_config"]["qkv_has_bias"] is True
+
+
+def test_an_unknown_table_name_lists_the_shipped_ones(tmp_path):
+    refused(run_cli("hf2ms", QWEN2, tmp_path / "out", "--table", "qwen3"), "--table qwen3", "no such mapping table",
+            "llama", "qwen2")
+
+
+# ------------------------------------------------------------------ extends, and the checks at load time
+
+def write_table(tmp: Path, name: str, text: str) -> Path:
+    shutil.copy(tables_dir() / "llama.yaml", tmp / "llama.yaml")
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "extends: llama\nname: child\nhf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
+
+
+def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
+    path = write_table(tmp_path, "child", BASE + "config:\n  mlp_bias: null\n  new_key: {ignore: harmless}\n")
+    child, base = load_table(str(path)), load_table()
+    assert child.hf["model_type"] == "child" and "mlp_bias" not in child.config_rules
+    assert child.config_rules["new_key"] == {"ignore": "harmless"}
+    assert child.ms_rules == base.ms_rules and child.hf_tensors == base.hf_tensors
+    assert child.sha256 != base.sha256  # a change to either file changes what a conversion depended on
+
+
+@pytest.mark.parametrize("text,said", [
+    ("extends: child\nname: child\n", "extends itself"),
+    ("extends: nowhere\nname: child\n", "extends: 'nowhere': no table nowhere.yaml"),
+    (BASE + "sections: {}\n", "unknown section 'sections'"),
+    (BASE + "flags:\n  tied: {is: 'tie_word_embedings'}\n", "flags.tied: 'tie_word_embedings' reads 'tie_word_embedings'"),
+    (BASE + "flags:\n  tied: {is: '__import__(\"os\")'}\n", "flags.tied: '__import__(\"os\")': only len, set, min, max may be called"),
+    (BASE + "dims:\n  kv: kv_heads * head_dimension\n", "dims.kv: 'kv_heads * head_dimension' reads 'head_dimension'"),
+    (BASE + "config:\n  sliding_window: {check: 'value >>= 1', type: int}\n", "config.sliding_window: 'value >>= 1' is not an expression"),
+    (BASE + "config:\n  sliding_window: {check: 'value > 1'}\n", "config.sliding_window: declares no `type:`"),
+    (BASE + "hf: {model_class: null}\n", "hf.model_class: missing"),
+], ids=["cycle", "missing-base", "unknown-section", "flag-reads-untyped-key", "flag-calls-code", "dims-undefined",
+        "check-syntax", "check-untyped", "no-hf-class"])
+def test_a_table_error_names_the_file_and_the_entry(tmp_path, text, said):
+    path = write_table(tmp_path, "child", text)
+    with pytest.raises(ConvertError) as e:
+        load_table(str(path))
+    assert e.value.one_line().startswith(f"{path}: {said}"), e.value.one_line()
+
+
+# ------------------------------------------------------------------ qwen2: the config both ways
+
+def qwen2_config(**change) -> dict:
+    return {**json.loads((QWEN2 / "config.json").read_text()), **change}
+
+
+def test_qwen2_sliding_window_settings_without_effect_are_recorded_as_ignored():
+    cfg = qwen2_config(sliding_window=4096, max_window_layers=1)
+    tr = translate(load_table("qwen2"), cfg, None, HF2MSOptions(), "bfloat16", Path("config.json"))
+    assert set(tr.ignored) >= {"sliding_window", "max_window_layers"}
+    assert tr.model_config["qkv_has_bias"] is True and tr.model_config["attn_proj_has_bias"] is False
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"use_sliding_window": True}, "use_sliding_window: true is not supported, only false"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types: lists"),
+    ({"attention_bias": True}, "attention_bias: unknown config key"),
+])
+def test_qwen2_configs_mindformers_cannot_express_are_refused_by_key(change, said):
+    with pytest.raises(ConvertError) as e:
+        translate(load_table("qwen2"), qwen2_config(**change), None, HF2MSOptions(), "bfloat16", Path("config.json"))
+    assert e.value.one_line().startswith(f"config.json: {said}"), e.value.one_line()
+
+
+def test_ms2hf_writes_the_tables_architecture_and_reads_its_own_output_again(tmp_path):
+    convert_hf2ms(QWEN2, tmp_path / "ms")
+    convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf/config.json").read_text())
+    assert cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["model_type"] == "qwen2"
+    assert "attention_bias" not in cfg and cfg["use_sliding_window"] is False and cfg["sliding_window"] is None
+    import transformers
+    assert type(transformers.AutoConfig.from_pretrained(tmp_path / "hf")).__name__ == "Qwen2Config"
+    assert plan_hf2ms(tmp_path / "hf").table.name == "qwen2"  # the tool takes its own output back
+
+
+def test_the_yaml_records_its_table_so_the_way_back_needs_no_flag(tmp_path):
+    convert_hf2ms(QWEN2, tmp_path / "ms")
+    assert plan_ms2hf(tmp_path / "ms").table.name == "qwen2"
+    assert plan_ms2hf(tmp_path / "ms", MS2HFOptions(table="qwen2")).table.name == "qwen2"
+
+
+def test_a_llama_read_of_a_qwen2_model_config_points_at_the_qwen2_table(tmp_path):
+    convert_hf2ms(QWEN2, tmp_path / "ms")
+    refused(run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf", "--table", "llama"),
+            "model_config.attn_proj_has_bias", "--table qwen2")
+
+
+# ------------------------------------------------------------------ options per direction
+
+def test_the_way_back_cannot_be_asked_for_a_mindspore_checkpoint(tmp_path):
+    convert_hf2ms(LLAMA, tmp_path / "ms")
+    assert "format" not in MS2HFOptions.__dataclass_fields__
+    with pytest.raises(TypeError, match="MS2HFOptions"):
+        convert_ms2hf(tmp_path / "ms", tmp_path / "hf", HF2MSOptions(format="ckpt"))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_options_refuse_values_the_cli_would_refuse():
+    with pytest.raises(ValueError, match="format='gguf'"):
+        HF2MSOptions(format="gguf")
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        MS2HFOptions(dtype="int8")
+
+
+# ------------------------------------------------------------------ real published configs of the family
+
+# What each published config must do: convert with this table, or be refused naming this key.
+FAMILY_VERDICTS = {
+    "Baichuan2__cpu-debug-shrunk-hidden8": "architectures",
+    "DeepSeek-R1-Distill-Qwen-14B__mlx-3bit-indent4": "quantization",
+    "Dolphin3.0-R1-Mistral-24B__head_dim128-ne-hidden-over-heads": "head_dim",
+    "Qwen2.5-Coder-32B-Instruct__hf-pr-yarn-use_sliding_window-true": "use_sliding_window",
+    "internlm2-chat-1_8b__finetune": "architectures",
+    "internlm2-chat-7b": "architectures",
+    "internlm2-chat-7b__hf-history-initial-model_type-internlm": "architectures",
+}
+
+
+def family_verdict(name: str, cfg: dict) -> str:
+    if "Mistral" in name and not any(t.name == "mistral" for t in shipped_tables()):
+        return "architectures"
+    return FAMILY_VERDICTS.get(name, "converts")
+
+
+@pytest.mark.skipif(not FAMILY_CONFIGS, reason="../shared/real-configs/family is not beside the checkout")
+@pytest.mark.parametrize("path", FAMILY_CONFIGS, ids=lambda p: p.stem)
+def test_published_family_configs_convert_or_are_refused_naming_the_key(path):
+    cfg = json.loads(path.read_text())
+    expected = family_verdict(path.stem, cfg)
+    try:
+        table = select_for_hf(cfg, path)
+        translate(table, cfg, None, HF2MSOptions(), "bfloat16", path)
+        got = "converts"
+    except ConvertError as e:
+        line = e.one_line()
+        assert "\n" not in line and line.startswith(f"{path}: ")
+        got = line[len(f"{path}: "):].split(":")[0]
+    assert got == expected
