@@ -226,13 +226,18 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path):
     """
     from .edges import few
     from .hf_source import open_hf_dir
+    from .mapping import select_for_hf
     from .ms_source import open_ms_dir
     from .options import HF2MSOptions, MS2HFOptions
     from .plan import build_ms2hf_plan, build_plan
     from .value_types import show
 
-    hf_plan = build_plan(open_hf_dir(hf_dir), HF2MSOptions())
-    ms_plan = build_ms2hf_plan(open_ms_dir(ms_dir), MS2HFOptions())
+    hf_source, ms_source = open_hf_dir(hf_dir), open_ms_dir(ms_dir)
+    hf_table = select_for_hf(hf_source.config, hf_source.config_file)
+    # A YAML that records no table (written by other tools) is read with HF_DIR's; HF_DIR is planned for
+    # the seq_length MS_DIR was converted for, which a table's checks may depend on (a Mistral window).
+    ms_plan = build_ms2hf_plan(ms_source, MS2HFOptions(), None if ms_source.recorded_table else hf_table)
+    hf_plan = build_plan(hf_source, HF2MSOptions(seq_length=ms_plan.model_config.get("seq_length")), hf_table)
     hf_mc, ms_mc = hf_plan.model_config, ms_plan.model_config
     differ = []
     if hf_plan.table.name != ms_plan.table.name:

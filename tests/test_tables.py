@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import FIXTURES, REAL_CONFIGS, refused, run_cli
 from converter import HF2MSOptions, MS2HFOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms, plan_ms2hf
@@ -158,6 +159,18 @@ def test_the_yaml_records_its_table_so_the_way_back_needs_no_flag(tmp_path):
     convert_hf2ms(QWEN2, tmp_path / "ms")
     assert plan_ms2hf(tmp_path / "ms").table.name == "qwen2"
     assert plan_ms2hf(tmp_path / "ms", MS2HFOptions(table="qwen2")).table.name == "qwen2"
+
+
+def test_verify_reads_a_yaml_that_records_no_table_with_the_hf_models_table(tmp_path):
+    # YAMLs written by other tools carry no llama_convert section; the HF side says what the model is.
+    convert_hf2ms(QWEN2, tmp_path / "ms")
+    path = tmp_path / "ms/llama_config.yaml"
+    data = yaml.safe_load(path.read_text())
+    del data["llama_convert"]
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("verify", QWEN2, tmp_path / "ms", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["passed"] is True
 
 
 def test_a_llama_read_of_a_qwen2_model_config_points_at_the_qwen2_table(tmp_path):
