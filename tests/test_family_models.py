@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REAL_FAMILY, run_cli
+from conftest import REAL_FAMILY, refused, run_cli
 from converter import HF2MSOptions, convert_hf2ms, plan_ms2hf
 from converter.verify import MSSide
 
 QWEN2 = REAL_FAMILY / "tiny-random-qwen2-qkvbias-neural-api"
+MISTRAL_SWA4 = REAL_FAMILY / "tiny-random-mistral-swa4-neural-api"   # sliding_window 4, 16 positions
 needs_family = pytest.mark.skipif(not REAL_FAMILY.exists(), reason="../shared/real-models-family is not beside the checkout")
 
 
@@ -48,3 +49,29 @@ def test_qwen2_verify_runs_transformers_qwen2_on_the_hf_side(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["passed"] and report["max_abs_diff"] < 1e-5
+
+
+@needs_family
+def test_mistral_with_a_4_token_window_is_refused_at_its_default_seq_length(tmp_path):
+    refused(run_cli("hf2ms", MISTRAL_SWA4, tmp_path / "out"), "config.json: sliding_window",
+            "shorter than seq_length 16", "--seq-length 4")
+    assert not (tmp_path / "out").exists()
+
+
+@needs_family
+def test_mistral_with_a_4_token_window_converts_for_4_tokens_and_verifies(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("hf2ms", MISTRAL_SWA4, out, "--seq-length", "4").returncode == 0
+    proc = run_cli("verify", MISTRAL_SWA4, out, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["passed"] and report["seq_len"] == 4  # capped at what the model was converted for
+
+
+@needs_family
+def test_mistral_within_its_window_computes_the_reference_logits(ms, tmp_path):
+    out = tmp_path / "out"
+    convert_hf2ms(MISTRAL_SWA4, out, HF2MSOptions(seq_length=4, qkv_concat=True))
+    sequences, expected = reference(MISTRAL_SWA4)
+    # The window binds only from the 5th token on; before it, HF's logits are full attention's.
+    np.testing.assert_allclose(mindformers_logits(out, sequences[:, :4]), expected[:, :4], atol=1e-5, rtol=0)

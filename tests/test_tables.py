@@ -32,7 +32,7 @@ def hf_copy(src: Path, tmp: Path, **config) -> Path:
 
 def test_every_shipped_table_loads_and_claims_its_own_architectures():
     tables = shipped_tables()
-    assert {t.name for t in tables} >= {"llama", "qwen2"}
+    assert {t.name for t in tables} >= {"llama", "qwen2", "mistral"}
     claimed = [a for t in tables for a in t.hf["architectures"]]
     assert len(claimed) == len(set(claimed)), "an architecture is claimed by two tables"
     for t in tables:
@@ -179,6 +179,51 @@ def test_a_llama_read_of_a_qwen2_model_config_points_at_the_qwen2_table(tmp_path
             "model_config.attn_proj_has_bias", "--table qwen2")
 
 
+# ------------------------------------------------------------------ mistral: the sliding window
+
+MISTRAL = FIXTURES / "mistral-nowindow-fp16-bin"
+
+
+def mistral(options: HF2MSOptions = HF2MSOptions(), **change):
+    cfg = {**json.loads((MISTRAL / "config.json").read_text()), **change}
+    return translate(load_table("mistral"), cfg, None, options, "float16", Path("config.json"))
+
+
+@pytest.mark.parametrize("window,seq_length", [(None, None), (128, None), (4096, None), (64, 64), (64, 32)])
+def test_mistral_converts_when_the_window_covers_every_sequence_it_will_see(window, seq_length):
+    mc = mistral(HF2MSOptions(seq_length=seq_length), sliding_window=window).model_config
+    assert window is None or window >= mc["seq_length"]
+
+
+def test_a_mistral_window_shorter_than_seq_length_is_refused_offering_seq_length():
+    with pytest.raises(ConvertError) as e:
+        mistral(sliding_window=64)  # max_position_embeddings 128: seq_length 128
+    line = e.value.one_line()
+    assert line.startswith("config.json: sliding_window: a window of 64 tokens is shorter than seq_length 128")
+    assert "--seq-length 64" in line
+
+
+def test_a_mistral_config_without_the_window_key_has_transformers_default_window(tmp_path):
+    cfg = {k: v for k, v in json.loads((MISTRAL / "config.json").read_text()).items() if k != "sliding_window"}
+    long = {**cfg, "max_position_embeddings": 32768}  # seq_length 4096 = the default window of 4096: fine
+    translate(load_table("mistral"), long, None, HF2MSOptions(), "float16", Path("config.json"))
+    with pytest.raises(ConvertError, match="window of 4096 tokens is shorter than seq_length 8192"):
+        translate(load_table("mistral"), long, None, HF2MSOptions(seq_length=8192), "float16", Path("config.json"))
+
+
+def test_mistral_nemo_head_dim_is_refused_because_mindformers_llama_derives_it():
+    with pytest.raises(ConvertError, match="^config.json: head_dim: 32 differs from hidden_size / num_attention_heads = 16"):
+        mistral(head_dim=32)
+
+
+def test_the_way_back_writes_a_mistral_without_a_window(tmp_path):
+    convert_hf2ms(FIXTURES / "mistral-window128-tied-fp32", tmp_path / "ms")
+    convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf/config.json").read_text())
+    assert cfg["architectures"] == ["MistralForCausalLM"] and cfg["model_type"] == "mistral"
+    assert cfg["sliding_window"] is None  # MindFormers attends to the whole sequence; say so, not 4096
+
+
 # ------------------------------------------------------------------ options per direction
 
 def test_the_way_back_cannot_be_asked_for_a_mindspore_checkpoint(tmp_path):
@@ -211,8 +256,6 @@ FAMILY_VERDICTS = {
 
 
 def family_verdict(name: str, cfg: dict) -> str:
-    if "Mistral" in name and not any(t.name == "mistral" for t in shipped_tables()):
-        return "architectures"
     return FAMILY_VERDICTS.get(name, "converts")
 
 
