@@ -56,11 +56,12 @@ def convert_ms2hf(src: str | Path, out: str | Path, options: MS2HFOptions | None
     return write(plan_ms2hf(src, options, config), out, force, src)
 
 
-def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None):
+def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_stage=None):
     """Parity of MS_DIR's MindFormers model with HF_DIR's transformers model; a verify.VerifyReport.
+    on_stage(name, index, total) is called as each stage finishes (see verify.verify).
     (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
     from .verify import verify as run
-    return run(hf_dir, ms_dir, options)
+    return run(hf_dir, ms_dir, options, on_stage)
 
 
 def inspect_checkpoint(path: str | Path) -> dict:

@@ -269,12 +269,20 @@ def _ids(ctx, param, value):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token batch.")
 @click.option("--layers", is_flag=True, help="Compare hidden states place by place even when logits agree.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also greedy-decode N tokens on both sides and compare the sequences.")
+              help="Also greedy-decode N tokens on both sides and compare the sequences (whole-model mode "
+                   "only: refused with --stream).")
 @click.option("--prompt-ids", callback=_ids, default=None, metavar="IDS",
               help="Prompt for --generate, e.g. 1,2,3 [default: first 8 seeded tokens].")
+@click.option("--stream/--no-stream", default=None,
+              help="Run both models one stage at a time, each stage's weights read from disk and freed after "
+                   "it; --no-stream loads the whole models [default: stream when they would not fit "
+                   "--memory-budget].")
+@click.option("--memory-budget", metavar="SIZE", default=None,
+              help="Memory the whole models may take before verify streams, e.g. 8G [default: available memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, seed: int, layers: bool,
-           generate: int, prompt_ids: tuple[int, ...] | None, as_json: bool) -> None:
+           generate: int, prompt_ids: tuple[int, ...] | None, stream: bool | None, memory_budget: str | None,
+           as_json: bool) -> None:
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
     \b
@@ -283,14 +291,23 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     checkpoint loaded strictly) on the same seeded tokens and compares logits. On failure, or
     with --layers, names the first place (embedding, layer.N, final_norm, lm_head) where hidden
     states part. --seq-len is capped at the YAML's seq_length, the longest input the model was
-    converted for.
+    converted for. The configs are compared too: each forward-pass key of MS_DIR's model_config
+    that differs from HF_DIR's config translated through the table fails verify, by name.
+
+    \b
+    Streamed mode (--stream, or automatic when the whole models would not fit in memory) runs
+    the same modules stage by stage (embedding, each decoder layer, final norm, lm_head) with
+    only that stage's weights in memory, so any size verifies in a few GB. --generate needs
+    the whole models. The report says which mode ran and its peak RSS.
 
     Exit status: 0 parity holds, 1 it does not, 2 bad input.
     """
     import converter as api
-    from .verify import VerifyOptions, report_text, sanitize
+    from .verify import VerifyOptions, parse_size, report_text, sanitize
+    budget = parse_size(memory_budget) if memory_budget is not None else None
     r = api.verify_conversion(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
-                                                            layers=layers, generate=generate, prompt_ids=prompt_ids))
+                                                            layers=layers, generate=generate, prompt_ids=prompt_ids,
+                                                            stream=stream, memory_budget=budget))
     click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
 

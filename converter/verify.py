@@ -2,9 +2,20 @@
 
 Both sides run the real implementations, named by the mapping table: transformers' class for the
 architecture (LlamaForCausalLM, Qwen2ForCausalLM, ...) in float32 on CPU, and MindFormers' model
-built from OUT_DIR's YAML with the checkpoint loaded strictly, in PyNative mode. When logits disagree (or --layers asks), hidden states are captured
-after the embedding, after every decoder layer and after the final norm on both sides, and the
-first place where they part is named, so a wrong mapping rule is located, not just detected.
+built from OUT_DIR's YAML with the checkpoint loaded strictly, in PyNative mode. When logits disagree
+(or --layers asks), hidden states are captured after the embedding, after every decoder layer and
+after the final norm on both sides, and the first place where they part is named, so a wrong
+mapping rule is located, not just detected.
+
+Two modes run the same forward code. Whole-model mode loads both models as their libraries do.
+Streamed mode builds both models without their weights (transformers on the meta device,
+MindFormers with parameter initialisation skipped) and gives each stage (embedding, each decoder
+layer, final norm, lm_head) its weights from disk just before it runs and takes them away after,
+so memory holds one stage per side, whatever the model's size. Random initialisation of weights
+that are about to be overwritten, the dominant cost of whole-model mode, is skipped too.
+
+Config parity is checked apart from the logits: a wrong rope theta barely moves the logits of a
+random model whose attention is near uniform, and a wrong model must not pass because of that.
 """
 from __future__ import annotations
 
@@ -17,6 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,6 +58,8 @@ class VerifyOptions:
     layers: bool = False
     generate: int = 0
     prompt_ids: tuple[int, ...] | None = None
+    stream: bool | None = None          # None: stream when the whole models would not fit memory_budget
+    memory_budget: int | None = None    # bytes; None: the memory available now
 
 
 @dataclass
@@ -71,6 +85,11 @@ class VerifyReport:
     prompt_ids: list[int] | None = None
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    mode: str = "whole"                 # "whole" or "streamed"
+    peak_rss_bytes: int = 0
+    whole_model_estimate_bytes: int = 0
+    memory_budget_bytes: int = 0
+    config_differences: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,45 +142,114 @@ def capture_places(embedding, layers, final_norm) -> list[tuple[str, object]]:
             + [("final_norm", final_norm)])
 
 
+def float32_torch(ref):
+    """A tensor read from disk as a float32 torch tensor, with no float32 copy beyond the result."""
+    import torch
+    data = torch.from_numpy(ref.read())
+    if ref.dtype == "bfloat16":  # read() gives the bits as uint16; the view costs nothing
+        return data.view(torch.bfloat16).float()
+    return data.float()
+
+
+class Stages:
+    """Per-stage hooks shared by both sides: capture each place's output, report progress, and in
+    streamed mode load the stage's weights before it runs and drop them after."""
+
+    def __init__(self, side: str, total: int, on_stage, load=None, drop=None):
+        self.side, self.total, self.on_stage, self.load, self.drop = side, total, on_stage, load, drop
+        self.captured: dict[str, np.ndarray] = {}
+        self.capture = True
+        self.done = 0
+
+    def before(self, place, module):
+        def hook(*_):
+            if self.load:
+                self.load(place, module)
+        return hook
+
+    def after(self, place, module, to_numpy):
+        def hook(_module, _inputs, output):
+            if self.capture and place != "lm_head":
+                self.captured[place] = to_numpy(output[0] if isinstance(output, tuple) else output)
+            if self.drop:
+                self.drop(module)
+            if self.capture and self.on_stage:
+                self.done += 1
+                self.on_stage(f"{self.side} {place}", self.done, self.total)
+        return hook
+
+
 class HFSide:
-    def __init__(self, hf_dir: Path, table: Table):
+    def __init__(self, hf_dir: Path, table: Table, tensors: dict | None = None, on_stage=None, total: int = 0):
+        """transformers' model of the table's class; with `tensors` (HF_DIR's headers) streamed."""
         import torch
         import transformers
         transformers.logging.set_verbosity_error()
         self.torch = torch
         model_class = getattr(transformers, table.hf["model_class"])
         try:
-            self.model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+            if tensors is None:
+                self.model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+            else:
+                config = model_class.config_class.from_pretrained(hf_dir)
+                with torch.device("meta"):  # the architecture without its weights: they come per stage
+                    self.model = model_class._from_config(config, attn_implementation="eager", dtype=torch.float32)
+                inner = self.model.model  # rotary frequencies are computed, not loaded: compute them for real
+                inner.rotary_emb = type(inner.rotary_emb)(config=self.model.config)
         except Exception as e:  # transformers raises many types for unreadable directories
             raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
-        self.captured: dict[str, np.ndarray] = {}
+        self.model.eval()
+        self.hf_dir, self.tensors = hf_dir, tensors
+        streamed = tensors is not None
+        self.stages = Stages("HF", total, on_stage, self._load if streamed else None, self._drop if streamed else None)
         inner = self.model.model
-        for place, module in capture_places(inner.embed_tokens, inner.layers, inner.norm):
-            module.register_forward_hook(self._hook(place))
+        self.prefix = {id(m): n for n, m in self.model.named_modules()}
+        for place, module in capture_places(inner.embed_tokens, inner.layers, inner.norm) + [("lm_head", self.model.lm_head)]:
+            module.register_forward_pre_hook(self.stages.before(place, module))
+            module.register_forward_hook(self.stages.after(place, module, lambda out: out.detach().float().numpy()))
 
-    def _hook(self, place):
-        def hook(module, inputs, output):
-            out = output[0] if isinstance(output, tuple) else output
-            self.captured[place] = out.detach().float().numpy()
-        return hook
+    @property
+    def captured(self) -> dict[str, np.ndarray]:
+        return self.stages.captured
+
+    def _load(self, place: str, module) -> None:
+        prefix, state = self.prefix[id(module)], {}
+        for n, _ in module.named_parameters():
+            name = f"{prefix}.{n}"
+            if name not in self.tensors and place == "lm_head":  # tied: the output projection is the embedding
+                name = f"{self.prefix[id(self.model.model.embed_tokens)]}.{n}"
+            if name not in self.tensors:
+                raise ConvertError(self.hf_dir, f"has no tensor {name}, which {type(self.model).__name__} needs")
+            state[n] = float32_torch(self.tensors[name])
+        module.load_state_dict(state, strict=True, assign=True)
+
+    def _drop(self, module) -> None:
+        module.to("meta")
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
             return self.model(self.torch.from_numpy(ids)).logits.float().numpy()
 
 
+def import_mindformers():
+    # Quiet MindSpore's C++ log, and keep MindFormers' log directory out of the user's cwd.
+    os.environ.setdefault("GLOG_v", "3")
+    os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(tempfile.gettempdir(), "llama-convert-mindformers"))
+    # MindFormers' logger binds a handler to sys.stdout when first imported; point it at stderr
+    # so that stdout carries only our report (and valid JSON with --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        import mindformers.models
+    return mindformers
+
+
 class MSSide:
-    def __init__(self, ms_dir: Path, cfg: dict, yaml_path: Path, table: Table, device: str, batch: int, length: int):
-        # Quiet MindSpore's C++ log, and keep MindFormers' log directory out of the user's cwd.
-        os.environ.setdefault("GLOG_v", "3")
-        os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(tempfile.gettempdir(), "llama-convert-mindformers"))
+    def __init__(self, ms_dir: Path, cfg: dict, yaml_path: Path, table: Table, device: str, batch: int, length: int,
+                 tensors: dict | None = None, on_stage=None, total: int = 0):
+        """MindFormers' model built from the YAML; with `tensors` (MS_DIR's headers) streamed."""
+        mindformers = import_mindformers()
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_device(device)
-        # MindFormers' logger binds a handler to sys.stdout when first imported; point it at stderr
-        # so that stdout carries only our report (and valid JSON with --json).
-        with contextlib.redirect_stdout(sys.stderr):
-            import mindformers.models
         config_class = getattr(mindformers.models, table.mindformers["config_class"])
         model_class = getattr(mindformers.models, table.mindformers["model_class"])
         logging.getLogger("mindformers").setLevel(logging.WARNING)
@@ -172,32 +260,67 @@ class MSSide:
             overrides |= CPU_KERNELS | FLOAT32_COMPUTE
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
+        self.ms_dir, self.tensors, self.device = ms_dir, tensors, device
         try:
-            self.net = model_class(config_class(**{**cfg, **overrides}))
+            if tensors is None:
+                self.net = model_class(config_class(**{**cfg, **overrides}))
+            else:  # parameters are created uninitialised: each stage's come from disk when it runs
+                from mindspore.nn.utils import no_init_parameters
+                with no_init_parameters():
+                    self.net = model_class(config_class(**{**cfg, **overrides}))
         except Exception as e:  # the YAML's untyped keys (parallelism, kernels, ...) reach MindFormers as they are
             raise ConvertError(yaml_path, f"MindFormers cannot build {model_class.__name__} from this model_config: "
                                f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
         self.net.set_train(False)
-        params = load_ms_params(ms, ms_dir)
-        if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
-            for k in list(params):
-                params[k] = ms.Parameter(params.pop(k).astype(ms.float32), name=k)
-        missing, unexpected = ms.load_param_into_net(self.net, params, strict_load=True)
+        inner = self.net.model
+        places = capture_places(inner.tok_embeddings, inner.layers, inner.norm_out) + [("lm_head", self.net.lm_head)]
+        if tensors is None:
+            params = load_ms_params(ms, ms_dir)
+            if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
+                for k in list(params):
+                    params[k] = ms.Parameter(params.pop(k).astype(ms.float32), name=k)
+            missing, unexpected = ms.load_param_into_net(self.net, params, strict_load=True)
+        else:
+            names = {p.name for p in self.net.get_parameters()}
+            missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
+            staged = {p.name for _, cell in places for p in cell.get_parameters()}
+            if not missing and names - staged:  # a weight no stage loads would run uninitialised
+                raise ConvertError(yaml_path, f"{model_class.__name__} has parameters outside the verified stages: "
+                                   f"{sorted(names - staged)[:3]}", "verify without --stream")
         if missing or unexpected:
             raise ConvertError(ms_dir, f"checkpoint does not fit {yaml_path.name}: missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}")
-        self.captured: dict[str, np.ndarray] = {}
-        self.capture = True
-        inner = self.net.model
-        for place, cell in capture_places(inner.tok_embeddings, inner.layers, inner.norm_out):
-            cell.register_forward_hook(self._hook(place))
+        streamed = tensors is not None
+        self.stages = Stages("MindSpore", total, on_stage, self._load if streamed else None,
+                             self._drop if streamed else None)
+        for place, cell in places:
+            cell.register_forward_pre_hook(self.stages.before(place, cell))
+            cell.register_forward_hook(self.stages.after(place, cell, lambda out: out.astype(ms.float32).asnumpy()))
 
-    def _hook(self, place):
-        def hook(cell, inputs, output):
-            if self.capture:
-                out = output[0] if isinstance(output, tuple) else output
-                self.captured[place] = out.astype(self.ms.float32).asnumpy()
-        return hook
+    @property
+    def captured(self) -> dict[str, np.ndarray]:
+        return self.stages.captured
+
+    @property
+    def capture(self) -> bool:
+        return self.stages.capture
+
+    @capture.setter
+    def capture(self, value: bool) -> None:
+        self.stages.capture = value
+
+    def _load(self, place: str, cell) -> None:
+        for p in cell.get_parameters():
+            data = self.ms.Tensor(float32_torch(self.tensors[p.name]).numpy())
+            if self.device != "CPU":  # the production kernels take the checkpoint's own precision
+                data = data.astype(p.dtype)
+            # slice_shape: the placeholder left by _drop has another shape than the weight
+            p.set_data(data, slice_shape=True)
+            del data
+
+    def _drop(self, cell) -> None:
+        for p in cell.get_parameters():
+            p.set_data(self.ms.Tensor(np.zeros((1,), np.float32)), slice_shape=True)
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for ids, padded on the right to the net's fixed length (causal: padding cannot leak back)."""
@@ -284,7 +407,98 @@ def greedy(step, prompt: list[int], n: int) -> list[int]:
     return ids[len(prompt):]
 
 
-def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None = None) -> VerifyReport:
+# The model_config keys, besides the structural ones, that change what the model computes. Kernel,
+# dtype, parallelism, batch and generation settings are deliberately absent: they are choices of how
+# to run the model, and verify runs both sides its own way (float32, plain kernels).
+FORWARD_KEYS = ("theta", "rms_norm_eps", "extend_method", "scaling_factor", "max_position_embedding",
+                "pad_token_id", "multiple_of", "ffn_dim_multiplier", "hidden_act", "head_dim", "rope_scaling")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) or a == b
+    return a == b
+
+
+def config_differences(hf_mc: dict, ms_mc: dict, defaults: dict | None = None) -> list[str]:
+    """Each forward-pass key where MS_DIR's model_config differs from HF_DIR's config translated through
+    the table, as `key <ms value> vs <translated value>`. A key one side leaves out takes MindFormers'
+    default (`defaults`), because that is what the model then runs with."""
+    from .value_types import show
+    defaults = defaults or {}
+    out = []
+    for key in FORWARD_KEYS:
+        if key not in hf_mc and key not in ms_mc:
+            continue
+        a, b = hf_mc.get(key, defaults.get(key)), ms_mc.get(key, defaults.get(key))
+        if not _same(a, b):
+            out.append(f"{key} {show(b)} vs {show(a)} from config.json")
+    return out
+
+
+def mindformers_defaults(table: Table) -> dict:
+    """LlamaConfig's defaults for the keys a YAML may leave out."""
+    import inspect
+    mindformers = import_mindformers()
+    config_class = getattr(mindformers.models, table.mindformers["config_class"])
+    return {k: p.default for k, p in inspect.signature(config_class.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo: what can be allocated now without swapping."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+# Whole-model mode holds, per parameter: HF's float32 copy, MindFormers' randomly initialised float32
+# copy, the loaded checkpoint and its float32 cast (measured: 18.0 GiB for Llama-3.2-1B's 1.24 G
+# parameters), plus the two runtimes.
+WHOLE_BYTES_PER_PARAM = 16
+RUNTIMES_BYTES = 1 << 30
+
+
+def whole_model_estimate(tensors: dict) -> int:
+    return WHOLE_BYTES_PER_PARAM * sum(math.prod(r.shape) for r in tensors.values()) + RUNTIMES_BYTES
+
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6, "MIB": 1 << 20,
+              "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30, "T": 1 << 40, "TB": 10**12, "TIB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'8G', '8GiB', '8GB', '512M', '1000000' as bytes; ConvertError otherwise."""
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in SIZE_UNITS or not math.isfinite(value) or value <= 0:
+        raise ConvertError(None, f"--memory-budget {text!r} is not a size", "write it like 8G, 8GiB, 8GB or 512M")
+    return int(value * SIZE_UNITS[unit])
+
+
+def peak_rss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None = None,
+           on_stage: Callable[[str, int, int], None] | None = None) -> VerifyReport:
+    """Run HF_DIR's and MS_DIR's models on the same tokens and compare logits, hidden states and configs.
+
+    on_stage(name, index, total) is called as each stage of either side finishes ("HF embedding",
+    "MindSpore layer.3", ...; total counts both sides' stages); verify prints nothing itself.
+    """
     opts = options or VerifyOptions()
     start = time.perf_counter()
     hf_dir, ms_dir = Path(hf_dir), Path(ms_dir)
@@ -304,12 +518,25 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(None, f"--prompt-ids must be token ids in [0, {vocab})")
     length = max(seq_len, len(prompt) + opts.generate if opts.generate else 0)
 
-    hf = HFSide(hf_dir, hf_plan.table)
-    ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length)
+    estimate = whole_model_estimate(hf_plan.source.tensors)
+    budget = opts.memory_budget if opts.memory_budget is not None else available_memory()
+    stream = opts.stream if opts.stream is not None else estimate > budget
+    if stream and opts.generate:
+        why = "--stream was given" if opts.stream else f"the whole models need about {estimate / 2**30:.1f} GiB, " \
+                                                      f"over the memory budget of {budget / 2**30:.1f} GiB"
+        raise ConvertError(None, f"--generate runs the whole models, and {why}",
+                           "verify without --generate (streamed verify compares logits and every layer)")
+    differences = config_differences(hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
+
+    total = 2 * (int(cfg["num_layers"]) + 3)
+    hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total)
+    ref = hf.logits(ids)
+    ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length,
+                ms_plan.source.tensors if stream else None, on_stage, total)
+    ms.stages.done = total // 2  # the HF side's stages came first
     tol_key = (opts.device, "any") if opts.device == "CPU" else (opts.device, ms.dtype)
     tol = TOLERANCES[tol_key]
 
-    ref = hf.logits(ids)
     got = ms.logits(ids)
     m = logits_metrics(ref, got)
     failures = [f"{k} {m[k]:.3g} > {tol[k]:.3g}" for k in ("max_abs_diff", "kl_max") if m[k] > tol[k]]
@@ -317,16 +544,19 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         failures.append(f"cosine_min {m['cosine_min']:.6f} < {tol['cosine_min']}")
 
     first, layer_rows = None, []
-    if opts.layers or failures:
+    if opts.layers or failures or differences:
         first, layer_rows = first_divergence(hf.captured, ms.captured, tol["layer_rel_diff"], seq_len)
         if failures and first is None:
             first = "lm_head"  # every hidden state agrees, so the output projection differs
+    failures += [f"model_config.{d}" for d in differences]
 
     report = VerifyReport(passed=not failures, device=opts.device, dtype="float32" if opts.device == "CPU" else ms.dtype,
                           tolerances=tol, batch=opts.batch, seq_len=seq_len, seed=opts.seed, **m,
-                          first_divergent_layer=first if failures else None, layers=layer_rows, failures=failures)
+                          first_divergent_layer=first if failures else None, layers=layer_rows, failures=failures,
+                          mode="streamed" if stream else "whole", whole_model_estimate_bytes=estimate,
+                          memory_budget_bytes=budget, config_differences=differences)
     if opts.generate:
-        ms.capture = False
+        hf.stages.capture = ms.capture = False
         hf_ids = greedy(lambda s: hf.logits(np.array([s]))[0, -1], prompt, opts.generate)
         ms_ids = greedy(lambda s: ms.logits(np.array([s]))[0, -1], prompt, opts.generate)
         step = next((i for i, (a, b) in enumerate(zip(hf_ids, ms_ids)) if a != b), None)
@@ -336,13 +566,16 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
             report.passed = False
             report.failures.append(f"greedy generation differs from step {step}")
     report.seconds = time.perf_counter() - start
+    report.peak_rss_bytes = peak_rss()
     return report
 
 
 def report_text(r: VerifyReport) -> str:
     verdict = "PASS" if r.passed else "FAIL"
     lines = [f"verify: {verdict} on {r.device} ({r.dtype}), batch {r.batch} x {r.seq_len} tokens, seed {r.seed}, "
-             f"{r.seconds:.1f} s", "",
+             f"{r.seconds:.1f} s", f"  mode: {r.mode}, peak RSS {r.peak_rss_bytes / 2**30:.2f} GiB "
+             f"(whole models estimated at {r.whole_model_estimate_bytes / 2**30:.1f} GiB, "
+             f"budget {r.memory_budget_bytes / 2**30:.1f} GiB)", "",
              f"  {'metric':<16}{'value':>14}  {'limit':>10}",
              f"  {'max_abs_diff':<16}{r.max_abs_diff:>14.3e}  <= {r.tolerances['max_abs_diff']:.0e}",
              f"  {'mean_abs_diff':<16}{r.mean_abs_diff:>14.3e}",
