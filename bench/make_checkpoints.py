@@ -3,8 +3,8 @@
     .venv/bin/python bench/make_checkpoints.py [--cache bench/cache] [--models llama-3.2-1b llama-3.2-3b]
 
 Values are random (seeded), shapes and file layout are those of the real models: Llama-3.2-1B is
-bf16, tied, in 3 safetensors shards (2.3 GiB); Llama-3.2-3B is bf16, tied. A model already in the
-cache is left alone.
+bf16, tied, in 3 safetensors shards (2.3 GiB); Llama-3.2-3B is bf16, tied; Llama-3.1-8B (only when
+asked for: 15 GiB) is bf16, untied, in 4 shards. A model already in the cache is left alone.
 """
 from __future__ import annotations
 
@@ -28,7 +28,13 @@ MODELS = {
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, shards=3),
     "llama-3.2-3b": dict(COMMON, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                          num_attention_heads=24, num_key_value_heads=8, head_dim=128, shards=4),
+    # The size most users convert; for verify --stream's memory bound. Not in the default list: 15 GiB.
+    "llama-3.1-8b": dict(COMMON, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
+                         rope_scaling=dict(LLAMA3_ROPE, factor=8.0), eos_token_id=[128001, 128008, 128009],
+                         shards=4),
 }
+DEFAULT_MODELS = ["llama-3.2-1b", "llama-3.2-3b"]
 
 
 def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -42,7 +48,8 @@ def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
                 (p + "self_attn.o_proj.weight", (h, q)), (p + "post_attention_layernorm.weight", (h,)),
                 (p + "mlp.gate_proj.weight", (f, h)), (p + "mlp.up_proj.weight", (f, h)),
                 (p + "mlp.down_proj.weight", (h, f))]
-    return out + [("model.norm.weight", (h,))]
+    out.append(("model.norm.weight", (h,)))
+    return out if c["tie_word_embeddings"] else out + [("lm_head.weight", (c["vocab_size"], h))]
 
 
 def make(name: str, cache: Path) -> Path:
@@ -78,7 +85,7 @@ def make(name: str, cache: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     args = ap.parse_args()
     for name in args.models:
         path = make(name, args.cache)

@@ -311,7 +311,7 @@ class MSSide:
 
     def _load(self, place: str, cell) -> None:
         for p in cell.get_parameters():
-            data = self.ms.Tensor(float32_torch(self.tensors[p.name]).numpy())
+            data = self.ms.Tensor.from_numpy(float32_torch(self.tensors[p.name]).numpy())  # shares, no copy
             if self.device != "CPU":  # the production kernels take the checkpoint's own precision
                 data = data.astype(p.dtype)
             # slice_shape: the placeholder left by _drop has another shape than the weight
