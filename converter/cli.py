@@ -277,11 +277,12 @@ def _ids(ctx, param, value):
               help="Run both models one stage at a time, each stage's weights read from disk and freed after "
                    "it; --no-stream loads the whole models [default: stream when they would not fit "
                    "--memory-budget].")
-@click.option("--memory-budget", metavar="SIZE", default=None,
-              help="Memory the whole models may take before verify streams, e.g. 8G [default: available memory].")
+@click.option("--memory-budget", callback=_size, metavar="SIZE", default=None,
+              help="Memory the whole models may take before verify streams, e.g. 8GB or 8GiB "
+                   "[default: the memory available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, seed: int, layers: bool,
-           generate: int, prompt_ids: tuple[int, ...] | None, stream: bool | None, memory_budget: str | None,
+           generate: int, prompt_ids: tuple[int, ...] | None, stream: bool | None, memory_budget: int | None,
            as_json: bool) -> None:
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
@@ -303,11 +304,10 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     Exit status: 0 parity holds, 1 it does not, 2 bad input.
     """
     import converter as api
-    from .verify import VerifyOptions, parse_size, report_text, sanitize
-    budget = parse_size(memory_budget) if memory_budget is not None else None
+    from .verify import VerifyOptions, report_text, sanitize
     r = api.verify_conversion(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
                                                             layers=layers, generate=generate, prompt_ids=prompt_ids,
-                                                            stream=stream, memory_budget=budget))
+                                                            stream=stream, memory_budget=memory_budget))
     click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
 

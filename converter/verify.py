@@ -469,24 +469,6 @@ def whole_model_estimate(tensors: dict) -> int:
     return WHOLE_BYTES_PER_PARAM * sum(math.prod(r.shape) for r in tensors.values()) + RUNTIMES_BYTES
 
 
-SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6, "MIB": 1 << 20,
-              "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30, "T": 1 << 40, "TB": 10**12, "TIB": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'8G', '8GiB', '8GB', '512M', '1000000' as bytes; ConvertError otherwise."""
-    t = text.strip().upper().replace(" ", "")
-    num = t.rstrip("KMGTIB")
-    unit = t[len(num):]
-    try:
-        value = float(num)
-    except ValueError:
-        value = -1.0
-    if unit not in SIZE_UNITS or not math.isfinite(value) or value <= 0:
-        raise ConvertError(None, f"--memory-budget {text!r} is not a size", "write it like 8G, 8GiB, 8GB or 512M")
-    return int(value * SIZE_UNITS[unit])
-
-
 def peak_rss() -> int:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

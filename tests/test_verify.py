@@ -194,14 +194,14 @@ def test_streamed_verify_reports_each_stage_as_it_finishes(tmp_path):
 def test_verify_streams_when_the_whole_models_exceed_the_memory_budget(tmp_path):
     out = tmp_path / "out"
     convert_hf2ms(FIXTURES / "mha-untied-fp32", out)
-    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", out, "--json", "--memory-budget", "1M")
+    proc = run_cli("verify", FIXTURES / "mha-untied-fp32", out, "--json", "--memory-budget", "1MiB")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["mode"] == "streamed" and report["memory_budget_bytes"] == 2**20 and report["peak_rss_bytes"] > 0
     assert report["whole_model_estimate_bytes"] > 2**20
 
 
-@pytest.mark.parametrize("args, needle", [(("--memory-budget", "lots"), "--memory-budget 'lots' is not a size"),
+@pytest.mark.parametrize("args, needle", [(("--memory-budget", "lots"), "cannot read size 'lots'"),
                                           (("--stream", "--generate", "4"), "--generate runs the whole models")])
 def test_verify_refuses_what_it_cannot_do(tmp_path, args, needle):
     out = tmp_path / "out"
