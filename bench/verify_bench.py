@@ -67,7 +67,8 @@ def bench_small(name: str, cache: Path, rounds: int) -> dict:
     ms_dir, _ = converted(src, cache / f"{name}-verify-ms")
     estimate, avail = whole_estimate(src), available()
     modes = ["whole", "streamed"] if estimate <= avail else ["streamed"]
-    row = {"model": name, "load_average": os.getloadavg(), "whole_estimate_bytes": estimate,
+    row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_average": os.getloadavg(), "whole_estimate_bytes": estimate,
            "available_bytes": avail, "runs": {m: [] for m in modes}}
     for r in range(rounds):
         for mode in modes if r % 2 == 0 else modes[::-1]:
@@ -79,7 +80,8 @@ def bench_small(name: str, cache: Path, rounds: int) -> dict:
 
 def bench_big(name: str, cache: Path, keep: bool) -> dict:
     src = make(name, cache)
-    row = {"model": name, "load_average": os.getloadavg(), "whole_estimate_bytes": whole_estimate(src),
+    row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_average": os.getloadavg(), "whole_estimate_bytes": whole_estimate(src),
            "input_bytes": sum(p.stat().st_size for p in src.glob("*.safetensors"))}
     out = cache / f"{name}-verify-ms"
     shutil.rmtree(out, ignore_errors=True)
@@ -131,11 +133,19 @@ def main() -> None:
     rows = [bench_small(name, args.cache, args.rounds) for name in args.models]
     if not args.no_big:
         rows.append(bench_big(args.big, args.cache, args.keep))
-    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+    # Rows of models not measured in this run are kept from earlier runs (each row has its own load
+    # average and time), so the 8B shape and the small ones can be measured separately.
+    results = HERE / "verify_results.json"
+    earlier = json.loads(results.read_text())["rows"] if results.exists() else []
+    measured = {row["model"] for row in rows}
+    order = ["llama-3.2-1b", "llama-3.2-3b", args.big]
+    rows = sorted([r for r in earlier if r["model"] not in measured] + rows,
+                  key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    header = (f"Measured on {platform.node()} "
               f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB RAM, "
               f"verify on CPU (float32), batch 2 x 64, fastest of {args.rounds} interleaved rounds for the small shapes.")
     text = header + "\n\n" + table(rows) + "\n"
-    (HERE / "verify_results.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    results.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     (HERE / "verify_results.md").write_text(text)
     print(text)
 
