@@ -85,7 +85,8 @@ _TABLE = click.option("--table", default=None, metavar="NAME|PATH",
 _FORCE = click.option("--force", is_flag=True,
                       help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
 _HASH = click.option("--hash/--no-hash", "hash", default=True, show_default=True,
-                     help="sha256 of every input and output file in conversion.json (costs a read of each).")
+                     help="sha256 of every input and output file in conversion.json (costs a read of each); "
+                          "also checks HF hub cache blobs against their names (--no-hash: no check).")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 
 
