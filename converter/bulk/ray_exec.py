@@ -7,6 +7,7 @@ storage every node sees: each task runs the CLI on whichever node Ray picks.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -46,10 +47,10 @@ def run_ray(tasks: list[Task], jobs: int | None, retries: int, timeout: float | 
     own = not ray.is_initialized()
     if own:
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(address="local", num_cpus=jobs or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE,
-                     include_dashboard=False, log_to_driver=False)
+                     include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         _run(ray, tasks, jobs, retries, timeout, finished, started, retrying)
     finally:
