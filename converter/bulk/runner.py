@@ -108,7 +108,7 @@ def _failure(code: int | None, stderr: str, phase: str, timeout: float | None) -
         return "failed", f"{phase} ended by a signal (exit {code})"
     reason = _reason(stderr)
     if "corrupt download" in reason:
-        return "failed", f"corrupt download: {reason}"
+        return "failed", "corrupt download: " + reason.replace(": corrupt download:", ":", 1)
     return "failed", reason
 
 
