@@ -7,6 +7,7 @@ Library API (the CLI is a thin layer over it):
     result = convert_hf2ms("hf_dir", "ms_dir")                 # writes ms_dir atomically
     back = convert_ms2hf("ms_dir", "hf_again", MS2HFOptions())
     report = verify_conversion("hf_dir", "ms_dir")             # report.passed
+    bulk = run_bulk("models.jsonl", BulkOptions(jobs=2))        # a manifest of rows; bulk["rows"]
 
 The mapping table is chosen from config.json's architectures (or the table a MindFormers YAML
 records); `table=` in the options names one instead, by name or path.

@@ -313,6 +313,8 @@ def bulk() -> None:
       llama-convert bulk models.jsonl --jobs 2          # run (same as `bulk run`)
       llama-convert bulk plan --from-dir ./hf ./ms > models.jsonl
       llama-convert bulk plan --from-hf-cache ./ms > models.jsonl
+
+    Options of a run: `llama-convert bulk run --help`.
     """
 
 
