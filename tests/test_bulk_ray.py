@@ -3,16 +3,23 @@ Its outputs are byte for byte those of the local executor (compared by conversio
 Skipped only when Ray (the `ray` extra) is not installed."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES, run_cli
 
-ray = pytest.importorskip("ray")
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("the ray extra is not installed", allow_module_level=True)
+# Ray is never imported into the test process: loaded first, its protobuf code breaks a later
+# `import mindspore` in the same process (other test modules load MindSpore in-process). The CLI and
+# the cluster below run in their own processes, as the driver does for users.
 
 MODELS = [FIXTURES / "gqa-tied-bf16-sharded", FIXTURES / "mha-untied-fp32", FIXTURES / "qwen2-tied-bf16"]
 RAY_TMP = Path("/tmp") / f"rb{os.getpid()}"  # short: Ray's Unix socket paths must stay within 107 bytes
@@ -67,31 +74,46 @@ def test_the_cli_starts_a_local_ray_and_writes_what_the_local_executor_writes(tm
     assert "INFO" not in proc.stderr  # Ray's own start-up chatter stays out of the per-row lines
 
 
-@pytest.fixture(scope="module")
-def two_nodes(ray_tmp):
-    from ray.cluster_utils import Cluster
-    node = {"num_cpus": 1, "memory": 2**30, "object_store_memory": 80 * 2**20}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    cluster.add_node(**node)
-    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    yield cluster
+CLUSTER = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+import converter
+node = {"num_cpus": 1, "memory": 2**30, "object_store_memory": 80 * 2**20}
+cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+cluster.add_node(**node)
+ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+try:
+    reports = [converter.run_bulk(m, converter.BulkOptions(executor="ray")) for m in sys.argv[1:]]
+finally:
     ray.shutdown()
     cluster.shutdown()
+print(json.dumps(reports))
+"""
 
 
-def test_a_two_node_cluster_spreads_the_rows_and_writes_the_same_bytes(tmp_path, local_hashes, two_nodes):
-    import converter
-    m = manifest(tmp_path)
-    report = converter.run_bulk(m, converter.BulkOptions(executor="ray"))
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, ray_tmp):
+    """Reports of two manifests run on a simulated two-node cluster (1 CPU, 1 GiB each), in one process."""
+    root = tmp_path_factory.mktemp("cluster")
+    spread = manifest(root / "spread")
+    too_big = manifest(root / "too-big", [{"src": str(FIXTURES / "gqa-llama3-rope"), "out": "out/v", "verify": True}])
+    proc = subprocess.run([sys.executable, "-c", CLUSTER, str(spread), str(too_big)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"spread": (spread, reports[0]), "too_big": (too_big, reports[1])}
+
+
+def test_a_two_node_cluster_spreads_the_rows_and_writes_the_same_bytes(local_hashes, two_nodes):
+    m, report = two_nodes["spread"]
     assert report["exit_code"] == 0 and report["counts"]["converted"] == len(MODELS), report
     assert output_hashes(m) == local_hashes
     assert len({r["node"] for r in report["rows"]}) == 2  # one CPU per node: the rows had to use both
 
 
-def test_a_row_no_node_can_hold_fails_at_once_instead_of_waiting_for_ever(tmp_path, two_nodes):
-    import converter
-    m = manifest(tmp_path, [{"src": str(FIXTURES / "gqa-llama3-rope"), "out": "out/v", "verify": True}])
-    report = converter.run_bulk(m, converter.BulkOptions(executor="ray"))
+def test_a_row_no_node_can_hold_fails_at_once_instead_of_waiting_for_ever(two_nodes):
+    _, report = two_nodes["too_big"]
     row = {r["id"]: r for r in report["rows"]}["v"]
     assert row["status"] == "failed" and row["attempts"] == 0
     assert row["reason"].startswith("needs 1.5") and "the largest Ray node offers 1.00 GiB" in row["reason"]
