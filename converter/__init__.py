@@ -7,6 +7,7 @@ Library API (the CLI is a thin layer over it):
     result = convert_hf2ms("hf_dir", "ms_dir")                 # writes ms_dir atomically
     back = convert_ms2hf("ms_dir", "hf_again", MS2HFOptions())
     report = verify_conversion("hf_dir", "ms_dir")             # report.passed
+    bulk = run_bulk("models.jsonl", BulkOptions(jobs=2))        # a manifest of rows; bulk["rows"]
 
 The mapping table is chosen from config.json's architectures (or the table a MindFormers YAML
 records); `table=` in the options names one instead, by name or path.
@@ -76,5 +77,25 @@ def diff_checkpoints(a: str | Path, b: str | Path, atol: float = 0.0) -> dict:
     return diff(Path(a), Path(b), atol)
 
 
-__all__ = ["ConvertError", "HF2MSOptions", "MS2HFOptions", "__version__", "convert_hf2ms", "convert_ms2hf", "diff_checkpoints", "inspect_checkpoint",
-           "plan_hf2ms", "plan_ms2hf", "verify_conversion", "write"]
+def plan_bulk(manifest: str | Path, options=None) -> dict:
+    """What `bulk` would do with each row of MANIFEST (done or why not, memory estimate); runs nothing."""
+    from .bulk.driver import BulkOptions, dry_run
+    return dry_run(Path(manifest), options or BulkOptions())
+
+
+def run_bulk(manifest: str | Path, options=None, on_row=None) -> dict:
+    """Run every row of MANIFEST that is not done; returns the report (also written as bulk-report.json).
+    `options`: a BulkOptions; `on_row(k, n, row)` hears each finished row."""
+    from .bulk.driver import BulkOptions, run_bulk as run
+    return run(Path(manifest), options or BulkOptions(), on_row)
+
+
+def __getattr__(name: str):
+    if name == "BulkOptions":  # imported on first use: most callers never run bulk
+        from .bulk.driver import BulkOptions
+        return BulkOptions
+    raise AttributeError(f"module 'converter' has no attribute {name!r}")
+
+
+__all__ = ["BulkOptions", "ConvertError", "HF2MSOptions", "MS2HFOptions", "__version__", "convert_hf2ms", "convert_ms2hf", "diff_checkpoints", "inspect_checkpoint",
+           "plan_bulk", "plan_hf2ms", "plan_ms2hf", "run_bulk", "verify_conversion", "write"]

@@ -85,7 +85,8 @@ _TABLE = click.option("--table", default=None, metavar="NAME|PATH",
 _FORCE = click.option("--force", is_flag=True,
                       help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
 _HASH = click.option("--hash/--no-hash", "hash", default=True, show_default=True,
-                     help="sha256 of every input and output file in conversion.json (costs a read of each).")
+                     help="sha256 of every input and output file in conversion.json (costs a read of each); "
+                          "also checks HF hub cache blobs against their names (--no-hash: no check).")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 
 
@@ -310,6 +311,124 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
                                                             stream=stream, memory_budget=memory_budget))
     click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
+
+
+class _Bulk(click.Group):
+    """`bulk MANIFEST ...` runs a manifest; `bulk plan ...` writes one. Anything but `plan` is a manifest."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_Bulk)
+def bulk() -> None:
+    """Convert many checkpoints from a manifest: resumable, memory-aware, locally or on Ray.
+
+    \b
+      llama-convert bulk models.jsonl --jobs 2          # run (same as `bulk run`)
+      llama-convert bulk plan --from-dir ./hf ./ms > models.jsonl
+      llama-convert bulk plan --from-hf-cache ./ms > models.jsonl
+
+    Options of a run: `llama-convert bulk run --help`.
+    """
+
+
+def _row_default(ctx, param, values):
+    out = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{text!r}: write KEY=VALUE, e.g. dtype=bfloat16")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+@bulk.command("run")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Rows at once [default: the CPU count].")
+@click.option("--executor", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="local: CLI subprocesses here; ray: one Ray task per row (pip install 'llama-convert[ray]').")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Join a Ray cluster (sources and outputs must be on storage every node sees) "
+                   "[default: start a local Ray].")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Retries of a row killed by a signal, timed out, or hit by an I/O error (never bad input or parity).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Time limit per phase of a row (a timed-out row is retried).")
+@click.option("--memory-budget", callback=_size, default=None, metavar="SIZE",
+              help="Memory the running rows may hold together, e.g. 16GiB [default: 3/4 of available memory, cgroup-aware].")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="The report to write [default: bulk-report.json beside MANIFEST; the journal beside it].")
+@click.option("--retry-failed", type=click.Path(path_type=Path), default=None, metavar="REPORT",
+              help="Run only the rows an earlier report lists as failed, verify_failed or invalid.")
+@click.option("--set", "defaults", multiple=True, callback=_row_default, metavar="KEY=VALUE",
+              help="A row option for every row (rows and the manifest's defaults override it), e.g. --set dtype=bfloat16.")
+@click.option("--dry-run", is_flag=True, help="Say what each row would do and need; run nothing.")
+@click.option("--force", is_flag=True, help="Redo rows that are done.")
+@_JSON
+def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
+    """Run every row of MANIFEST (JSONL, CSV or YAML); skip rows whose conversion.json says they are done.
+
+    \b
+    Rows: src, out, optional id, direction (hf2ms|ms2hf), verify, and the direction's
+    options by long name with _ (format, dtype, qkv_concat, untie, seq_length,
+    max_shard_size, device, hash, table; ms2hf: config). Relative paths are relative
+    to MANIFEST.
+
+    Exit status: 0 every row converted or skipped, 1 a verify failed, 2 a row failed or was invalid.
+    """
+    import converter as api
+    from .bulk.journal import table_text
+
+    opts = api.BulkOptions(**options)
+    if dry_run:
+        plan = api.plan_bulk(manifest, opts)
+        if as_json:
+            click.echo(json.dumps(plan, indent=2))
+        else:
+            for r in plan["rows"]:
+                click.echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {r['memory_estimate'] / 2**30:.2f} GiB")
+        return
+    live = sys.stderr.isatty()
+
+    def on_row(k: int, n: int, row: dict) -> None:
+        secs = sum((row.get("seconds") or {}).values())
+        click.echo(("\r\033[K" if live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s"
+                   + (f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""), err=True)
+        if live:
+            click.echo(f"[{k}/{n}] " + "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1)), err=True, nl=False)
+
+    report = api.run_bulk(manifest, opts, on_row=on_row)
+    if live:
+        click.echo("\r\033[K", err=True, nl=False)
+    click.echo(json.dumps(report, indent=2) if as_json else table_text(report) + f"\nreport: {report['report']}")
+    sys.exit(report["exit_code"])
+
+
+@bulk.command("plan")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--from-hf-cache", "from_cache", is_flag=True,
+              help="PATHS: [CACHE_DIR] OUT_ROOT; every model snapshot of the hub cache (refs/main read offline).")
+@click.option("--from-dir", "from_dir", is_flag=True, help="PATHS: ROOT OUT_ROOT; every model directory under ROOT.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the manifest here [default: stdout].")
+def bulk_plan(paths: tuple[Path, ...], from_cache: bool, from_dir: bool, output: Path | None) -> None:
+    """Write a JSONL manifest for `bulk`: from a HF hub cache or from a directory of models."""
+    from .bulk import sources
+    if from_cache == from_dir:
+        raise click.UsageError("give one of --from-hf-cache [CACHE_DIR] OUT_ROOT or --from-dir ROOT OUT_ROOT")
+    if from_cache and len(paths) in (1, 2):
+        cache = paths[0] if len(paths) == 2 else sources.default_hf_cache()
+        text = sources.manifest_text(sources.rows_from_hf_cache(cache, paths[-1]), f"the hub cache {cache}")
+    elif from_dir and len(paths) == 2:
+        text = sources.manifest_text(sources.rows_from_dir(*paths), str(paths[0]))
+    else:
+        raise click.UsageError("--from-hf-cache takes [CACHE_DIR] OUT_ROOT, --from-dir takes ROOT OUT_ROOT")
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             for path in plan.source.input_files():
                 hashes.submit(path)
             write_weights(plan, tmp, hashes)
+            hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
             for name, text in plan.extra_files.items():

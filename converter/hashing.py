@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+from .errors import ConvertError
 
 
 def sha256_of(path: Path, complete: threading.Event | None = None) -> str:
@@ -57,9 +60,44 @@ class Hashes:
         digest = self._jobs[path].result() if self.enabled else None
         return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest}
 
+    def check_hub_blobs(self, paths: list[Path]) -> None:
+        """A source file in a HF hub cache snapshot is a link to a blob named by its sha256 (LFS files);
+        the hub does not check downloads, so a digest that differs from the name is a corrupt download.
+        Without hashes (--no-hash) nothing is checked."""
+        if not self.enabled:
+            return
+        for path in paths:
+            expected = hub_blob_sha256(path)
+            if expected is not None and (got := self.record(path)["sha256"]) != expected:
+                raise ConvertError(path, f"corrupt download: its sha256 is {got[:12]}..., but the hub cache "
+                                   f"names the blob {expected[:12]}...", "delete the blob and download the model again")
+
     def close(self) -> None:
         for complete in self._growing.values():
             complete.set()  # a failed run must not leave followers polling
         for pool in (self._pool, self._followers):
             if pool:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def hub_blob_sha256(path: Path) -> str | None:
+    """The sha256 a HF hub cache promises for `path`: `.../models--ORG--NAME/snapshots/COMMIT/FILE` is a
+    symlink into `.../models--ORG--NAME/blobs/`, and LFS blobs are named by their sha256 (small git
+    files by a 40-digit git hash, which promises nothing about sha256). None when `path` is not one."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    parts = path.absolute().parts
+    if "snapshots" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("snapshots")
+    if at < 1 or not parts[at - 1].startswith(("models--", "datasets--", "spaces--")):
+        return None
+    blob = path.resolve()
+    repo = Path(*parts[:at]).resolve()
+    if blob.parent != repo / "blobs" or not _SHA256.fullmatch(blob.name):
+        return None
+    return blob.name

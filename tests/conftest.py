@@ -92,3 +92,22 @@ def ms():
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
     mindspore.set_device("CPU")
     return mindspore
+
+
+def make_hub_cache(cache: Path, src: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """A HF hub cache as huggingface_hub lays it out, holding the files of `src`: snapshots/COMMIT/FILE
+    links to ../../blobs/NAME, LFS files (weights) named by their sha256, small files by a git-style
+    40-digit hash, refs/main holding COMMIT. Returns the snapshot directory."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap, blobs = repo / "snapshots" / commit, repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir(exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for f in sorted(src.iterdir()):
+        data = f.read_bytes()
+        lfs = f.suffix in (".safetensors", ".bin", ".model")
+        name = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (blobs / name).write_bytes(data)
+        (snap / f.name).symlink_to(Path("..", "..", "blobs", name))
+    return snap

@@ -25,6 +25,9 @@ LAYERS: list[set[str]] = [
     {"report"},                         # what was done, conversion.json included
     {"execute"},                        # payloads, writers, orchestration
     {"compare", "verify"},              # read and check through the mapping
+    {"bulk", "bulk.manifest", "bulk.memory", "bulk.journal", "bulk.runner", "bulk.sources"},  # bulk: parts
+    {"bulk.done", "bulk.local", "bulk.ray_exec"},  # bulk: the done-check, the executors
+    {"bulk.driver"},                    # bulk: one run, start to end
     {"cli", "__init__"},
 ]
 TOP = LAYERS[-1]
