@@ -173,7 +173,7 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             write_weights(plan, tmp, hashes)
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
-            for name, text in plan.extra_files.items():
+            for name, text in plan.output_files(out_dir).items():
                 (tmp / name).write_text(text)
             outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
             record = provenance(plan, outputs, hashes)
