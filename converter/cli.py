@@ -148,7 +148,8 @@ def _show_plan(plan, as_json: bool) -> None:
 @click.option("--max-shard-size", callback=_size, default=None, metavar="SIZE",
               help="Shard safetensors output, e.g. 5GB or 500MB.")
 @click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
-              help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
+              help="Settings written into the YAML: kernels and context; CPU also float32 weights and "
+                   "generation MindSpore's CPU build can run.")
 @_TABLE
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @_FORCE
@@ -162,9 +163,9 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     """Convert the HuggingFace checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
 
     \b
-    OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml for
-    mindformers' LlamaConfig, conversion.json (provenance: hashes, options, skipped
-    tensors) and the tokenizer files of SRC_DIR.
+    OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml (a
+    MindFormers run configuration for run_mode predict), conversion.json (provenance:
+    hashes, options, skipped tensors) and the tokenizer files of SRC_DIR.
 
     \b
     Sources: model.safetensors, sharded safetensors with index, pytorch_model.bin (+ index).
