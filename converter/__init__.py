@@ -35,26 +35,28 @@ def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str
     return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options or MS2HFOptions())
 
 
-def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None):
+def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None, progress=None):
     """Carry out a plan into OUT, all or nothing; returns a report.Result. `source` is the path the
-    user named (OUT may not overlap it); by default the plan's source directory."""
+    user named (OUT may not overlap it); by default the plan's source directory. `progress`: a
+    progress.Progress to report to (progress.for_terminal() picks the display), by default none."""
     from .execute import execute
-    return execute(plan, Path(out), force, Path(source) if source is not None else None)
+    return execute(plan, Path(out), force, Path(source) if source is not None else None, progress)
 
 
-def convert_hf2ms(src: str | Path, out: str | Path, options: HF2MSOptions | None = None, force: bool = False):
+def convert_hf2ms(src: str | Path, out: str | Path, options: HF2MSOptions | None = None, force: bool = False,
+                  progress=None):
     """Convert a HF directory into a MindFormers directory; returns a report.Result (its .plan included)."""
     from .outdir import check_out_dir
     check_out_dir(Path(out), force, [Path(src)])  # before reading anything: a wrong OUT is the cheaper error
-    return write(plan_hf2ms(src, options), out, force, src)
+    return write(plan_hf2ms(src, options), out, force, src, progress)
 
 
 def convert_ms2hf(src: str | Path, out: str | Path, options: MS2HFOptions | None = None,
-                  config: str | Path | None = None, force: bool = False):
+                  config: str | Path | None = None, force: bool = False, progress=None):
     """Write a HuggingFace directory (config.json, safetensors, tokenizer files) from MindSpore."""
     from .outdir import check_out_dir
     check_out_dir(Path(out), force, [Path(src), *([Path(config)] if config else [])])
-    return write(plan_ms2hf(src, options, config), out, force, src)
+    return write(plan_ms2hf(src, options, config), out, force, src, progress)
 
 
 def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_stage=None):

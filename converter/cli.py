@@ -66,8 +66,47 @@ def _size(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _show_versions(ctx, param, value) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .noise import versions
+    click.echo(f"llama-convert {__version__}")
+    for name, version in versions().items():
+        click.echo(f"  {name} {version or 'not installed'}")
+    ctx.exit()
+
+
+def _verbosity(command):
+    """-q/--quiet and -v/--verbose, the same on every command. Their callbacks run while the command
+    line is parsed, before the command imports MindSpore or MindFormers."""
+    def quiet(ctx, param, value):
+        ctx.meta["llama_convert.quiet"] = value
+        return value
+
+    def verbose(ctx, param, value):
+        if value and ctx.meta.get("llama_convert.quiet"):
+            raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; give one", ctx)
+        from .noise import settle
+        settle(value)
+        return value
+    command = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=verbose,
+                           help="Let MindSpore and MindFormers log as they do by default.")(command)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=quiet, is_eager=True,
+                        help="No progress and no summary: errors only (and --json's output).")(command)
+
+
+def _quiet() -> bool:
+    return bool(click.get_current_context().meta.get("llama_convert.quiet"))
+
+
+def _progress():
+    from .progress import for_terminal
+    return for_terminal(_quiet())
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="llama-convert")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_versions,
+              help="Show our version and those of mindspore, mindformers, transformers and torch, then exit.")
 def main() -> None:
     """Convert Llama checkpoints between HuggingFace and MindSpore/MindFormers, and prove nothing changed.
 
@@ -77,6 +116,7 @@ def main() -> None:
       llama-convert hf2ms ./Llama-3.2-1B ./out --dry-run       # show the plan, write nothing
 
     Exit status: 0 success, 1 a check failed, 2 bad input or usage.
+    Shell completion: eval "$(_LLAMA_CONVERT_COMPLETE=bash_source llama-convert)" (zsh_source, fish_source).
     """
 
 
@@ -109,7 +149,8 @@ def _show_plan(plan, as_json: bool) -> None:
 @click.option("--max-shard-size", callback=_size, default=None, metavar="SIZE",
               help="Shard safetensors output, e.g. 5GB or 500MB.")
 @click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
-              help="Kernel settings written into the YAML (flash attention, fused RMSNorm).")
+              help="Settings written into the YAML: kernels and context; CPU also float32 weights and "
+                   "generation MindSpore's CPU build can run.")
 @_TABLE
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @_FORCE
@@ -117,14 +158,15 @@ def _show_plan(plan, as_json: bool) -> None:
 @click.option("--verify", "then_verify", is_flag=True,
               help="After converting, run `verify` with its defaults on CPU; exit 1 if parity fails.")
 @_JSON
+@_verbosity
 def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify: bool, as_json: bool,
           **options) -> None:
     """Convert the HuggingFace checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
 
     \b
-    OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml for
-    mindformers' LlamaConfig, conversion.json (provenance: hashes, options, skipped
-    tensors) and the tokenizer files of SRC_DIR.
+    OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml (a
+    MindFormers run configuration for run_mode predict), conversion.json (provenance:
+    hashes, options, skipped tensors) and the tokenizer files of SRC_DIR.
 
     \b
     Sources: model.safetensors, sharded safetensors with index, pytorch_model.bin (+ index).
@@ -137,16 +179,18 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     if dry_run:
         _show_plan(api.plan_hf2ms(src_dir, opts), as_json)
         return
-    result = api.convert_hf2ms(src_dir, out_dir, opts, force=force)
+    with _progress() as progress:
+        result = api.convert_hf2ms(src_dir, out_dir, opts, force=force, progress=progress)
     summary = report.result_json(result.plan, result)
     if not then_verify:
-        click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
+        if as_json or not _quiet():
+            click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
         return
     from .verify import report_text, sanitize
     checked = api.verify_conversion(src_dir, out_dir)
     if as_json:
         click.echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
-    else:
+    elif not _quiet():
         click.echo(report.result_text(result.plan, result) + "\n\n" + report_text(checked))
     sys.exit(0 if checked.passed else 1)
 
@@ -166,6 +210,7 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
 @_HASH
 @_FORCE
 @_JSON
+@_verbosity
 def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force: bool, as_json: bool,
           **options) -> None:
     """Convert a MindSpore checkpoint (MS_DIR: a directory, .ckpt or .safetensors) back to HuggingFace.
@@ -184,14 +229,17 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force
     if dry_run:
         _show_plan(api.plan_ms2hf(ms_dir, opts, config), as_json)
         return
-    result = api.convert_ms2hf(ms_dir, out_dir, opts, config, force=force)
-    click.echo(json.dumps(report.result_json(result.plan, result), indent=2) if as_json
-               else report.result_text(result.plan, result))
+    with _progress() as progress:
+        result = api.convert_ms2hf(ms_dir, out_dir, opts, config, force=force, progress=progress)
+    if as_json or not _quiet():
+        click.echo(json.dumps(report.result_json(result.plan, result), indent=2) if as_json
+                   else report.result_text(result.plan, result))
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_verbosity
 def inspect(path: Path, as_json: bool) -> None:
     """List the tensors of PATH: a HF directory, a MindSpore directory, a .ckpt, or a .safetensors file.
 
@@ -220,6 +268,7 @@ def inspect(path: Path, as_json: bool) -> None:
               help="Largest difference still called equal: a finite number >= 0 (inf and nan are refused: "
                    "they would call any two checkpoints equal).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_verbosity
 def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
     """Compare two checkpoints of either side through the mapping table.
 
@@ -233,7 +282,7 @@ def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
     r = api.diff_checkpoints(a, b, atol)
     if as_json:
         click.echo(json.dumps(r, indent=2))
-    else:
+    elif not _quiet():
         click.echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
         for n in r["only_in_a"]:
             click.echo(f"  only in A: {n}")
@@ -282,6 +331,7 @@ def _ids(ctx, param, value):
               help="Memory the whole models may take before verify streams, e.g. 8GB or 8GiB "
                    "[default: the memory available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_verbosity
 def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, seed: int, layers: bool,
            generate: int, prompt_ids: tuple[int, ...] | None, stream: bool | None, memory_budget: int | None,
            as_json: bool) -> None:
@@ -306,10 +356,14 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     """
     import converter as api
     from .verify import VerifyOptions, report_text, sanitize
+    progress = _progress()
     r = api.verify_conversion(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
                                                             layers=layers, generate=generate, prompt_ids=prompt_ids,
-                                                            stream=stream, memory_budget=memory_budget))
-    click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
+                                                            stream=stream, memory_budget=memory_budget),
+                              on_stage=progress.stage)
+    progress.close()
+    if as_json or not _quiet():
+        click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
 
 

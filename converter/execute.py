@@ -24,6 +24,7 @@ from .formats.safetensors import SafetensorsWriter
 from .hashing import Hashes
 from .outdir import Transaction
 from .plan import Plan, PlannedTensor
+from .progress import Progress
 from .report import Result, provenance
 
 if TYPE_CHECKING:
@@ -120,8 +121,9 @@ def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
     return ref.ranges.segments[0][0]
 
 
-def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
+def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress: Progress | None = None) -> None:
     hashes = hashes or Hashes(False)
+    progress = progress or Progress()
     make = Materializer(plan)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
@@ -129,7 +131,9 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
         hashes.follow(writer.path)
         for pt in source_order(plan, plan.tensors):
             writer.add(pt.name, pt.dtype, pt.shape, make(pt), copied_from(plan, pt))
+            progress.advance(pt.nbytes)
         writer.close()
+        progress.file_done(writer.path.name, writer.path.stat().st_size)
         hashes.submit(writer.path)
         return
     for shard, fname in enumerate(plan.weight_files):
@@ -139,7 +143,9 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None) -> None:
         hashes.follow(writer.path)
         for pt in members:
             writer.add(pt.name, make(pt))
+            progress.advance(pt.nbytes)
         writer.close()
+        progress.file_done(fname, writer.path.stat().st_size)
         hashes.submit(writer.path)
     if len(plan.weight_files) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
@@ -158,28 +164,32 @@ def needed_bytes(plan: Plan) -> int:
             + sum(len(text.encode()) for text in plan.extra_files.values()))
 
 
-def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None) -> Result:
+def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None,
+            progress: Progress | None = None) -> Result:
     """Write the plan's output into OUT_DIR, all or nothing. `source` is the path the user gave (a
     directory, or for ms2hf perhaps one checkpoint file); OUT_DIR may not overlap it or any input file."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     hashes = Hashes(plan.options.hash)
+    progress = progress or Progress()
     try:
         with Transaction(out_dir, force, source_paths(plan, source), needed_bytes(plan)) as tx:
             tmp = tx.partial
             check_twins(plan)
             for path in plan.source.input_files():
                 hashes.submit(path)
-            write_weights(plan, tmp, hashes)
+            progress.start(plan.total_bytes, f"{plan.direction} {out_dir.name}")
+            write_weights(plan, tmp, hashes, progress)
             hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
-            for name, text in plan.extra_files.items():
+            for name, text in plan.output_files(out_dir).items():
                 (tmp / name).write_text(text)
             outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
             record = provenance(plan, outputs, hashes)
             (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
             tx.commit()
     finally:
+        progress.close()
         hashes.close()
     return Result(out_dir, outputs, record, time.perf_counter() - start, plan)

@@ -258,13 +258,21 @@ def _check_table(table: Table) -> None:
 def _check_header(table: Table) -> None:
     hf, mf = table.data["hf"], table.data["mindformers"]
     need = {"hf": (hf, {"architectures": list, "model_type": str, "model_class": str}),
-            "mindformers": (mf, {"config_class": str, "model_class": str, "yaml": str, "fixed": dict, "device": dict})}
+            "mindformers": (mf, {"config_class": str, "model_class": str, "yaml": str, "fixed": dict, "device": dict,
+                                 "context": dict, "trainer": dict, "processor": str, "tokenizer": dict})}
     for section, (got, keys) in need.items():
         if not isinstance(got, dict):
             raise ConvertError(table.path, f"{section}: must be a mapping of {', '.join(keys)}")
         for key, kind in keys.items():
             if not isinstance(got.get(key), kind):
                 raise ConvertError(table.path, f"{section}.{key}: missing or not a {kind.__name__}")
+    devices = set(mf["device"])
+    if set(mf["context"]) != devices:
+        raise ConvertError(table.path, f"mindformers.context: must name the devices of mindformers.device "
+                           f"({', '.join(sorted(devices))}), not {', '.join(sorted(mf['context'])) or 'none'}")
+    for section, keys in (("trainer", ("type", "model_name")), ("tokenizer", ("model", "json"))):
+        if any(not isinstance(mf[section].get(k), str) for k in keys):
+            raise ConvertError(table.path, f"mindformers.{section}: write {{{', '.join(f'{k}: NAME' for k in keys)}}}")
     for name, spec in table.flags.items():
         if not isinstance(spec, dict) or set(spec) - {"is", "doc"} or "is" not in spec:
             raise ConvertError(table.path, f"flags.{name}: write {{is: EXPRESSION, doc: what it means}}")

@@ -33,6 +33,9 @@ def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model'
                                  f"expected a mapping of LlamaConfig fields")
     mc = dict(data["model"]["model_config"])
     mc.pop("type", None)
+    # Where a run loads weights from, not what the model is: readers of MS_DIR load MS_DIR's own weights,
+    # and a model built from this key would load the file it names (perhaps moved, perhaps another dtype).
+    mc.pop("checkpoint_name_or_path", None)
     record = data.get("llama_convert")
     table = record.get("table") if isinstance(record, dict) else None
     if table is not None and not isinstance(table, str):

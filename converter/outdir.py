@@ -103,9 +103,13 @@ def check_out_dir(out: Path, force: bool, sources: list[Path] | tuple[Path, ...]
 def _refuse_existing(out: Path, force: bool) -> None:
     """An existing OUT_DIR is replaced only with --force, and only if it is ours to replace."""
     if not os.path.lexists(out):
-        if not real_entry(out).parent.is_dir():
-            raise ConvertError(out.parent, "parent of the output directory does not exist",
-                               "create it first")
+        # Missing parents are created as `mkdir -p` would (by Transaction); only a file in the way is refused.
+        ancestor = real_entry(out).parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ConvertError(ancestor, "is not a directory, so the output directory cannot be created under it",
+                               "choose another OUT_DIR")
         return
     if not force:
         raise ConvertError(out, "output directory already exists", "pass --force to replace it")
@@ -327,6 +331,7 @@ class Transaction:
         for line in reclaim(self.out):
             self.notify(line)
         _refuse_existing(self.out, self.force)
+        self.entry.parent.mkdir(parents=True, exist_ok=True)  # after every refusal: nothing made for a refused run
         self.free = shutil.disk_usage(self.entry.parent).free
         if self.needed > self.free:
             raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "

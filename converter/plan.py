@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import yaml
@@ -20,6 +22,7 @@ from .config_rules import Translation, check_model_config, translate, translate_
 from .dtypes import dtype as _dtype
 from .edges import account, expand
 from .errors import ConvertError
+from .formats.files import read_small
 from .mapping import Table, describe_layers, layers_present, select_for_hf, select_for_ms
 from .options import HF2MSOptions, MS2HFOptions
 from .version import __version__
@@ -73,13 +76,44 @@ class Plan:
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
-    def model_yaml(self) -> dict:
+    def model_yaml(self, out_dir: Path | None = None) -> dict:
+        """OUT_DIR's MindFormers YAML: a run configuration for `run_mode: predict` around the model.
+
+        Paths to OUT_DIR's files are absolute, so the YAML runs from any working directory; without
+        `out_dir` (a dry run) they are shown under the placeholder <OUT_DIR>. `llama_convert` records the
+        table, so that the way back reads this YAML with it; MindFormers reads only the sections it knows.
+        """
         mf = self.table.mindformers
-        # `llama_convert` records the table, so that the way back reads this YAML with it; MindFormers
-        # reads only the sections it knows.
-        return {"model": {"model_config": {"type": mf["config_class"], **self.model_config},
-                          "arch": {"type": mf["model_class"]}},
-                "llama_convert": {"table": self.table.name, "version": __version__}}
+        device = self.options.device
+        out = str(Path(os.path.abspath(out_dir))) if out_dir is not None else "<OUT_DIR>"
+        weights = f"{out}/{self.weight_files[0]}" if self.options.format == "ckpt" else out
+        model_config = {"type": mf["config_class"], **self.model_config}
+        if self.options.format == "ckpt":
+            # What MindFormers' Trainer.predict() loads when it is given no checkpoint (it clears
+            # load_checkpoint then), and what build_network and from_pretrained read; ckpt only, as
+            # MindFormers reads this key with mindspore.load_checkpoint's default format.
+            model_config["checkpoint_name_or_path"] = weights
+        run: dict = {"run_mode": "predict", "seed": 0, "use_parallel": False,
+                     "load_checkpoint": weights, "load_ckpt_format": self.options.format}
+        if self.options.format == "safetensors":
+            # Trainer.predict() without a checkpoint falls back to the safetensors in this directory.
+            run["pretrained_model_dir"] = out
+        if device == "CPU":
+            run["postprocess_use_numpy"] = True
+        run["context"] = dict(mf["context"][device])
+        run["trainer"] = dict(mf["trainer"])
+        run["model"] = {"model_config": model_config, "arch": {"type": mf["model_class"]}}
+        tokenizer = tokenizer_section(self.source.tokenizer_files, mf["tokenizer"], out)
+        if tokenizer is not None:
+            run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf["processor"]}
+        run["llama_convert"] = {"table": self.table.name, "version": __version__}
+        return run
+
+    def output_files(self, out_dir: Path) -> dict[str, str]:
+        """The small files execute writes beside the weights, naming OUT_DIR where they must."""
+        if self.direction != "hf2ms":
+            return dict(self.extra_files)
+        return {**self.extra_files, self.table.yaml_name: yaml_text(self, out_dir)}
 
     def op_context(self) -> ops.OpContext:
         return ops.OpContext(self.model_config["num_heads"],
@@ -106,6 +140,8 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     translation = translate(table, source.config, source.generation_config, options, weights_dtype(source.tensors.values()),
                             source.config_file, gen_path)
     mc = translation.model_config
+    if options.device == "CPU":
+        cpu_settings(options, mc, weights_dtype(source.tensors.values()), translation.notes)
     refuse_layer_count(source, [spec["name"] for spec in table.hf_tensors.values()], mc["num_layers"],
                        "num_hidden_layers")
     edges = expand(table, mc, source.config)
@@ -149,6 +185,64 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     return plan
 
 
+# MindSpore's CPU build has no ArgMax/TopK kernels for generation (ArgMaxExt, TopkExt "unregistered"):
+# greedy decoding is written as sampling from the top-1 token, which MindFormers post-processes in
+# numpy (postprocess_use_numpy) and which picks exactly the greedy token.
+CPU_GREEDY = {"do_sample": True, "top_k": 1, "top_p": 1.0}
+
+
+def cpu_settings(options: HF2MSOptions, mc: dict, source_dtype: str, notes: list[str]) -> None:
+    """--device CPU: float32 weights (the table's CPU settings say so) and generation CPU kernels can run."""
+    if options.dtype not in ("keep", "float32"):
+        raise ConvertError(f"--dtype {options.dtype}", "MindSpore's CPU kernels have no half-precision "
+                           "matmul or gather, so a --device CPU model cannot run in it",
+                           "leave --dtype out (CPU weights are float32), or convert for --device Ascend")
+    if source_dtype != mc["param_init_type"]:
+        notes.append(f"--device CPU: weights widened from {source_dtype} to {mc['param_init_type']} (lossless): "
+                     f"MindSpore's CPU kernels have no {source_dtype}")
+    if not mc.get("do_sample"):
+        mc.update(CPU_GREEDY)
+        notes.append("--device CPU: greedy decoding written as do_sample: true, top_k: 1 (the same tokens): "
+                     "MindSpore's CPU build has no ArgMax kernel for generation")
+
+
+def tokenizer_section(files: list[Path], classes: dict, out: str) -> dict | None:
+    """MindFormers' tokenizer for the tokenizer files the source ships, or None when it ships none.
+
+    A sentencepiece tokenizer.model is read by the slow class; a tokenizer.json alone by the fast one
+    with `vocab_file: null`. The text-generation pipeline pads batches, so a pad token is always set:
+    the source's, else its unk or eos token.
+    """
+    names = {p.name: p for p in files}
+    if "tokenizer.model" in names:
+        section = {"type": classes["model"], "vocab_file": f"{out}/tokenizer.model"}
+    elif "tokenizer.json" in names:
+        section = {"type": classes["json"], "vocab_file": None, "tokenizer_file": f"{out}/tokenizer.json"}
+    else:
+        return None
+    special = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second wins, as in transformers
+        if name in names:
+            try:
+                data = json.loads(read_small(names[name], "tokenizer file"))
+            except (ConvertError, ValueError):
+                continue  # copied as it is; the tokenizer itself reports a broken file when it loads
+            if isinstance(data, dict):
+                special.update({k: _token(v) for k, v in data.items() if k.endswith("_token") and _token(v)})
+    for key in ("bos_token", "eos_token", "unk_token"):
+        if key in special:
+            section[key] = special[key]
+    section["pad_token"] = special.get("pad_token") or special.get("unk_token") or special.get("eos_token") or "<unk>"
+    return section
+
+
+def _token(value) -> str | None:
+    """A special token as tokenizer files write it: a string, or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
 def _where(source: Checkpoint):
     """What to name in a message about the checkpoint as a whole: its one file, else its index or directory."""
     if len(source.weight_files) == 1:
@@ -168,10 +262,17 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
                            "the config and the weights do not belong together")
 
 
-def yaml_text(plan: Plan) -> str:
-    head = (f"# MindFormers model config written by llama-convert {__version__}\n"
-            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}\n")
-    return head + yaml.safe_dump(plan.model_yaml(), sort_keys=False, default_flow_style=False)
+def yaml_text(plan: Plan, out_dir: Path | None = None) -> str:
+    head = (f"# MindFormers run configuration (run_mode: predict) written by llama-convert {__version__}\n"
+            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}.\n"
+            f"# Paths name this directory absolutely, so the YAML runs from any working directory; after\n"
+            f"# moving the directory, convert again or edit load_checkpoint and the paths under it.\n")
+    text = yaml.safe_dump(plan.model_yaml(out_dir), sort_keys=False, default_flow_style=False)
+    if plan.options.device == "CPU":
+        text = text.replace("\npostprocess_use_numpy:", "\n# MindSpore's CPU build has no ArgMax/TopK kernels for "
+                            "generation: post-process in numpy.\n# Greedy decoding is therefore written as "
+                            "do_sample: true, top_k: 1 (the same tokens).\npostprocess_use_numpy:", 1)
+    return head + text
 
 
 def assign_shards(plan: Plan) -> None:

@@ -51,9 +51,15 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def without_progress(stderr: str) -> str:
+    """stderr without the progress display's lines (one per finished file when stderr is not a terminal):
+    what a refusal says is its one error line, whatever was written before the problem showed."""
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith("llama-convert: wrote "))
+
+
 def refused(proc: subprocess.CompletedProcess, *needles: str, absent: tuple[str, ...] = ()) -> str:
     """The run refused its input as the user must see it: exit 2, one stderr line, no traceback."""
-    err = proc.stderr.strip()
+    err = without_progress(proc.stderr).strip()
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     for needle in needles:

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import without_progress
+
 EXE = Path(sys.executable).parent / "llama-convert"
 HOST = socket.gethostname()
 HIDDEN, FFN, LAYERS, VOCAB = 256, 512, 96, 32000  # float32: 317 MB of weights in 867 tensors
@@ -140,7 +142,7 @@ def test_two_runs_into_one_new_out_dir_never_both_succeed(big_src, tmp_path):
         codes = sorted(code for code, _, _ in done.values())
         assert codes == [0, 2], done
         winner = next(fmt for fmt, (code, _, _) in done.items() if code == 0)
-        _, _, loser_err = next(v for v in done.values() if v[0] == 2)
+        loser_err = without_progress(next(v for v in done.values() if v[0] == 2)[2])
         assert len(loser_err.strip().splitlines()) == 1 and str(out) in loser_err, loser_err
         assert "was created by another run" in loser_err or "already exists" in loser_err, loser_err
         record = json.loads((out / "conversion.json").read_text())
