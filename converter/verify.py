@@ -196,6 +196,12 @@ class HFSide:
                     self.model = model_class._from_config(config, attn_implementation="eager", dtype=torch.float32)
                 inner = self.model.model  # rotary frequencies are computed, not loaded: compute them for real
                 inner.rotary_emb = type(inner.rotary_emb)(config=self.model.config)
+                unmade = [n for n, b in self.model.named_buffers() if b.is_meta]
+                if unmade:  # an architecture computing more than rotary frequencies at build time
+                    raise ConvertError(hf_dir, f"{model_class.__name__} cannot run streamed: buffers {unmade[:3]} "
+                                       "are made when the model is built", "verify with --no-stream")
+        except ConvertError:
+            raise
         except Exception as e:  # transformers raises many types for unreadable directories
             raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
         self.model.eval()
