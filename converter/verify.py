@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConvertError
+from .machine import available_memory, peak_rss
 from .mapping import Table
 from .ms_source import ms_checkpoint_files
 
@@ -453,16 +454,6 @@ def mindformers_defaults(table: Table) -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
-def available_memory() -> int:
-    """MemAvailable of /proc/meminfo: what can be allocated now without swapping."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
 
 # Whole-model mode holds, per parameter: HF's float32 copy, MindFormers' randomly initialised float32
 # copy, the loaded checkpoint and its float32 cast (measured: 18.0 GiB for Llama-3.2-1B's 1.24 G
@@ -474,10 +465,6 @@ RUNTIMES_BYTES = 1 << 30
 def whole_model_estimate(tensors: dict) -> int:
     return WHOLE_BYTES_PER_PARAM * sum(math.prod(r.shape) for r in tensors.values()) + RUNTIMES_BYTES
 
-
-def peak_rss() -> int:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None = None,

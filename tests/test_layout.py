@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "converter"
 # Lowest first. A module may import only modules in a strictly lower layer; the top layer (the API
 # front door and the CLI) may import anything, since nothing in the package imports it.
 LAYERS: list[set[str]] = [
-    {"errors", "version"},
+    {"errors", "version", "machine"},
     {"progress", "noise"},              # what a person sees: progress, library logs kept quiet
     {"dtypes", "options", "ops", "value_types", "exprs"},
     {"formats", "formats.files", "formats.payload"},
