@@ -34,6 +34,18 @@ def manifest(root: Path, extra: list[dict] = ()) -> Path:
     return path
 
 
+def fresh(root: Path) -> Path:
+    """The manifest in `root`, with nothing of an earlier run left. Every executor writes into the same
+    paths: the run YAML names OUT_DIR's absolute path, so outputs can be byte-identical only there."""
+    shutil.rmtree(root, ignore_errors=True)
+    return manifest(root)
+
+
+@pytest.fixture(scope="module")
+def same_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("same") / "run"
+
+
 def output_hashes(m: Path) -> dict[str, list]:
     """Each row's output files as conversion.json records them: name, size, sha256."""
     out = {}
@@ -44,8 +56,8 @@ def output_hashes(m: Path) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def local_hashes(tmp_path_factory):
-    m = manifest(tmp_path_factory.mktemp("local"))
+def local_hashes(same_root):
+    m = fresh(same_root)
     proc = run_cli("bulk", m, "--jobs", "2")
     assert proc.returncode == 0, proc.stderr
     return output_hashes(m)
@@ -64,11 +76,11 @@ def ray_tmp():
     shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
-def test_the_cli_starts_a_local_ray_and_writes_what_the_local_executor_writes(tmp_path, local_hashes, ray_tmp):
-    m = manifest(tmp_path)
+def test_the_cli_starts_a_local_ray_and_writes_what_the_local_executor_writes(same_root, local_hashes, ray_tmp):
+    m = fresh(same_root)
     proc = run_cli("bulk", m, "--executor", "ray", "--jobs", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "bulk-report.json").read_text())
+    report = json.loads((same_root / "bulk-report.json").read_text())
     assert report["executor"] == "ray" and report["counts"]["converted"] == len(MODELS)
     assert output_hashes(m) == local_hashes
     assert "INFO" not in proc.stderr  # Ray's own start-up chatter stays out of the per-row lines
@@ -93,10 +105,10 @@ print(json.dumps(reports))
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory, ray_tmp):
+def two_nodes(tmp_path_factory, same_root, local_hashes, ray_tmp):
     """Reports of two manifests run on a simulated two-node cluster (1 CPU, 1 GiB each), in one process."""
     root = tmp_path_factory.mktemp("cluster")
-    spread = manifest(root / "spread")
+    spread = fresh(same_root)
     too_big = manifest(root / "too-big", [{"src": str(FIXTURES / "gqa-llama3-rope"), "out": "out/v", "verify": True}])
     proc = subprocess.run([sys.executable, "-c", CLUSTER, str(spread), str(too_big)], capture_output=True, text=True,
                           timeout=600)
