@@ -177,4 +177,6 @@ def convert_args(direction: str, src: str, out: str, options: dict, config: str 
 
 def verify_args(direction: str, src: str, out: str) -> list[str]:
     hf, ms = (src, out) if direction == "hf2ms" else (out, src)
-    return ["verify", hf, ms, "--json"]
+    # Streamed: bounded by one stage whatever the model's size, so the admission estimate holds even
+    # when other rows run beside it (verify's own choice would look only at the memory free at its start).
+    return ["verify", hf, ms, "--stream", "--json"]
