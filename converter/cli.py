@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -46,6 +47,17 @@ class _Group(click.Group):
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            # A bug of ours, not bad input and not a failed check: a traceback with Python's exit 1 would
+            # read as "parity failed" to a CI gate. One line and exit 3, the traceback on request.
+            if os.environ.get("LLAMA_CONVERT_TRACEBACK"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            click.echo(f"llama-convert: internal error: {type(e).__name__}: {first} (a bug in llama-convert, "
+                       f"not in your input: rerun with LLAMA_CONVERT_TRACEBACK=1 and report what it prints)", err=True)
+            sys.exit(3)
         finally:
             if on_term is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, on_term)
@@ -115,7 +127,7 @@ def main() -> None:
       llama-convert hf2ms ./Llama-3.2-1B ./llama-ms            # MindSpore .ckpt + llama_config.yaml
       llama-convert hf2ms ./Llama-3.2-1B ./out --dry-run       # show the plan, write nothing
 
-    Exit status: 0 success, 1 a check failed, 2 bad input or usage.
+    Exit status: 0 success, 1 a check failed, 2 bad input or usage, 3 an internal error (a bug).
     Shell completion: eval "$(_LLAMA_CONVERT_COMPLETE=bash_source llama-convert)" (zsh_source, fish_source).
     """
 

@@ -293,3 +293,35 @@ def test_a_table_error_is_one_line_naming_the_table_file_and_entry(tmp_path, old
     with pytest.raises(ConvertError) as e:
         load_table(str(path))
     assert e.value.one_line().startswith(f"{path}: {said}")
+
+
+# ------------------------------------------------------------------ a bug of ours is not a failed check
+
+BOOM = """
+import sys
+from converter.cli import main
+@main.command()
+def boom():
+    raise RuntimeError("an invariant broke")
+sys.argv = ["llama-convert", "boom"]
+main()
+"""
+
+
+def test_an_internal_error_is_one_line_and_exit_3_not_a_traceback_with_exit_1():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", BOOM], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "internal error: RuntimeError: an invariant broke" in err and "LLAMA_CONVERT_TRACEBACK=1" in err
+
+
+def test_an_internal_errors_traceback_is_there_on_request():
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", BOOM], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LLAMA_CONVERT_TRACEBACK": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "an invariant broke" in proc.stderr
