@@ -19,6 +19,9 @@ def settle(verbose: bool) -> None:
     """Quiet by default: errors only from MindSpore, MindFormers' log directory in a temporary place
     removed at exit. --verbose: the libraries' own levels, and their log directory kept and named."""
     if verbose:
+        # MindSpore's own default level, said out loud: verify quiets an unset GLOG_v for library callers,
+        # which would otherwise silence the C++ log that --verbose asked for.
+        os.environ.setdefault("GLOG_v", "2")
         return
     for key, value in _QUIET_LEVELS.items():
         os.environ.setdefault(key, value)
