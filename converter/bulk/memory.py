@@ -20,10 +20,6 @@ VERIFY_STAGE_COPIES = 3            # of the largest tensor in float32: its read,
 BUDGET_SHARE = 0.75                # of available memory: the page cache and the driver need the rest
 
 
-def params_of(plan) -> int:
-    return sum(math.prod(t.shape) for t in plan.tensors)
-
-
 def estimate(plan, phase: str) -> int:
     """Bytes a `convert` or `verify` phase of this plan holds at its peak."""
     if phase == "verify":
