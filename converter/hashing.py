@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import re
 import threading
@@ -12,45 +11,21 @@ from pathlib import Path
 from .errors import ConvertError
 
 
-# Bytes hashed per mapping: large enough that mapping costs nothing, small enough to stay a few
-# tensors' worth of address space.
-WINDOW = 64 << 20
-
-
 def sha256_of(path: Path, complete: threading.Event | None = None) -> str:
     """sha256 of a file; with `complete`, of a file still being appended to, read behind the writer
-    until `complete` is set and the end is reached.
-
-    The file is hashed through mmap windows rather than read(): hashing then reads the page cache in
-    place, where read() would first copy every byte into a buffer. On two cores that copy is ~15% of
-    the CPU a default (hashing) conversion spends."""
+    until `complete` is set and the end is reached."""
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        done = 0
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
         while True:
-            finished = complete is None or complete.is_set()  # before the size: no byte written before is missed
-            size = os.fstat(f.fileno()).st_size
-            # Behind a writer, hash whole pages only, so that every window starts on a page boundary.
-            end = size if finished else size - size % mmap.ALLOCATIONGRANULARITY
-            if end > done:
-                n = min(end - done, WINDOW)
-                if done == 0:
-                    _read_ahead(f.fileno(), 0, n)
-                _read_ahead(f.fileno(), done + n, WINDOW)  # from disk, the next window loads while this one hashes
-                with mmap.mmap(f.fileno(), n, offset=done, access=mmap.ACCESS_READ) as m, memoryview(m) as v:
-                    h.update(v)  # hashlib releases the GIL here, so hashes run beside the copying
-                done += n
+            finished = complete is None or complete.is_set()  # before the read: no byte written before is missed
+            if n := f.readinto(buf):
+                h.update(view[:n])  # hashlib releases the GIL here, so hashes run beside the copying
             elif finished:
                 return h.hexdigest()
             else:
                 complete.wait(0.005)
-
-
-def _read_ahead(fd: int, offset: int, length: int) -> None:
-    # A mapping faults pages in one small read-around at a time; read() would have had the kernel's
-    # sequential readahead. Asking for the range up front gives a cold file the same.
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
 
 class Hashes:
@@ -60,8 +35,8 @@ class Hashes:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         # One worker per core (at least two): on a many-core host every file hashes at once, beside the copy.
-        workers = max(4, min(16, 2 * (os.cpu_count() or 2)))
-        self._pool = ThreadPoolExecutor(max_workers=workers, initializer=_yield_to_the_writer) if enabled else None
+        workers = max(2, min(16, os.cpu_count() or 2))
+        self._pool = ThreadPoolExecutor(max_workers=workers) if enabled else None
         # Followers wait on the writer: queued behind whole-file hashes they would start too late.
         self._followers = ThreadPoolExecutor(max_workers=workers) if enabled else None
         self._jobs: dict[Path, Future] = {}
@@ -103,17 +78,6 @@ class Hashes:
         for pool in (self._pool, self._followers):
             if pool:
                 pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _yield_to_the_writer() -> None:
-    """Lower this thread's CPU priority. A complete file can be hashed at any time, but the output's
-    followers can only trail the writer: when hashing the input takes cores from the writer and its
-    followers, the run ends with followers alone hashing the last output bytes on one core. Linux
-    gives each thread its own nice value; elsewhere this does nothing."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

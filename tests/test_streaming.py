@@ -144,33 +144,3 @@ def test_an_output_hashed_while_it_grows_gets_the_sha256_of_the_finished_file(tm
     hashes.submit(path)
     assert hashes.record(path)["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
     hashes.close()
-
-
-def test_a_file_hashed_in_mapped_windows_gets_its_sha256_at_every_size_around_a_boundary(tmp_path, monkeypatch):
-    import hashlib
-    import mmap
-    from converter import hashing
-    monkeypatch.setattr(hashing, "WINDOW", 2 * mmap.ALLOCATIONGRANULARITY)  # many windows in a small file
-    page = mmap.ALLOCATIONGRANULARITY
-    for size in (0, 1, page - 1, page, page + 1, 2 * page, 5 * page + 3):
-        data = bytes((i * 7 + size) % 251 for i in range(size))
-        (tmp_path / "f.bin").write_bytes(data)
-        assert hashing.sha256_of(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest(), size
-
-
-def test_a_growing_file_hashed_across_windows_and_pages_gets_the_sha256_of_the_finished_file(tmp_path, monkeypatch):
-    import hashlib
-    import mmap
-    import time
-    from converter import hashing
-    monkeypatch.setattr(hashing, "WINDOW", mmap.ALLOCATIONGRANULARITY)
-    path, chunks = tmp_path / "growing.bin", [bytes([i]) * (3000 + 811 * i) for i in range(40)]
-    hashes = hashing.Hashes(True)
-    with open(path, "wb", buffering=0) as out:
-        hashes.follow(path)
-        for chunk in chunks:  # writes end mid-page: the follower hashes whole pages and waits for the rest
-            out.write(chunk)
-            time.sleep(0.001)
-    hashes.submit(path)
-    assert hashes.record(path)["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
-    hashes.close()
