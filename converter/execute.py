@@ -173,7 +173,7 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
     hashes = Hashes(plan.options.hash)
     progress = progress or Progress()
     try:
-        with Transaction(out_dir, force, source_paths(plan, source), needed_bytes(plan)) as tx:
+        with Transaction(out_dir, force, source_paths(plan, source), needed_bytes(plan), progress.notice) as tx:
             tmp = tx.partial
             check_twins(plan)
             for path in plan.source.input_files():

@@ -3,7 +3,9 @@ file in a log, nothing when asked to be quiet. Everything goes to stderr, so std
 
 The callback API is three calls, made by whoever does the work (execute.py; verify's stages):
 `advance(nbytes)` as tensor bytes are written, `file_done(name, size)` when an output file is complete,
-`stage(name, index, total)` for work measured in steps rather than bytes; and `close()`.
+`stage(name, index, total)` for work measured in steps rather than bytes; and `close()`. Besides,
+`notice(line)` tells of something done to the user's files that they did not ask for (debris of a
+crashed run reclaimed, a moved-aside OUT_DIR restored): shown by every display but the quiet one.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from typing import TextIO
 
 
 class Progress:
-    """Shows nothing: the default, and --quiet."""
+    """Shows no progress, only notices (on stderr): the default of library calls."""
+
+    def notice(self, line: str) -> None:
+        print(f"llama-convert: {line}", file=sys.stderr, flush=True)
 
     def start(self, total_bytes: int, what: str = "converting") -> None:
         pass
@@ -36,6 +41,13 @@ class Progress:
         self.close()
 
 
+class Quiet(Progress):
+    """--quiet: nothing at all; errors still reach stderr, as exceptions."""
+
+    def notice(self, line: str) -> None:
+        pass
+
+
 def size_text(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -52,6 +64,9 @@ class Lines(Progress):
 
     def file_done(self, name: str, size: int) -> None:
         print(f"llama-convert: wrote {name} ({size_text(size)})", file=self.stream, flush=True)
+
+    def notice(self, line: str) -> None:
+        print(f"llama-convert: {line}", file=self.stream, flush=True)
 
     def stage(self, name: str, index: int, total: int) -> None:
         print(f"llama-convert: [{index}/{total}] {name}", file=self.stream, flush=True)
@@ -75,7 +90,9 @@ class Bar(Progress):
             self.bar.update(nbytes)
 
     def file_done(self, name: str, size: int) -> None:
-        line = f"wrote {name} ({size_text(size)})"
+        self.notice(f"wrote {name} ({size_text(size)})")
+
+    def notice(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:
@@ -108,6 +125,6 @@ def for_terminal(quiet: bool = False, stream: TextIO | None = None) -> Progress:
     """The display that fits where stderr goes: nothing if quiet, a bar on a terminal, else lines."""
     stream = stream or sys.stderr
     if quiet:
-        return Progress()
+        return Quiet()
     isatty = getattr(stream, "isatty", None)
     return Bar(stream) if isatty is not None and isatty() else Lines(stream)

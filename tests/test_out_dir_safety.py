@@ -200,6 +200,15 @@ def test_a_dead_runs_partial_directory_is_reclaimed_by_the_next_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_with_quiet_a_dead_runs_debris_is_reclaimed_without_a_word(tmp_path):
+    pid = dead_pid()
+    (tmp_path / f".out.partial-{HOST}-{pid}").mkdir()
+    proc = run_cli("hf2ms", "-q", MHA, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_partials_of_live_owners_other_hosts_and_other_out_dirs_are_left_alone(tmp_path):
     pid = dead_pid()
     kept = [tmp_path / f".out.partial-{HOST}-{os.getpid()}",      # alive: the test itself
