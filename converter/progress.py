@@ -63,13 +63,13 @@ class Lines(Progress):
         self.stream = stream
 
     def file_done(self, name: str, size: int) -> None:
-        print(f"llama-convert: wrote {name} ({size_text(size)})", file=self.stream, flush=True)
+        self.notice(f"wrote {name} ({size_text(size)})")
 
     def notice(self, line: str) -> None:
         print(f"llama-convert: {line}", file=self.stream, flush=True)
 
     def stage(self, name: str, index: int, total: int) -> None:
-        print(f"llama-convert: [{index}/{total}] {name}", file=self.stream, flush=True)
+        self.notice(f"[{index}/{total}] {name}")
 
 
 class Bar(Progress):
