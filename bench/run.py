@@ -104,7 +104,7 @@ def bench_model(name: str, rounds: int, with_mf: bool, work: Path, only: list[st
             sys.exit(f"--only: no command labelled {sorted(unknown)}; the labels are {list(cmds)}")
         cmds = {k: v for k, v in cmds.items() if k in only or k == "cp -r"}  # every ratio divides by cp
     runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int | None] = {}
     env = {**os.environ, "GLOG_v": "3", "LOCAL_DEFAULT_PATH": str(work / "mindformers-logs")}
     labels = list(cmds)
     for r in range(rounds):

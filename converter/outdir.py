@@ -21,12 +21,13 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Callable
 
 from .errors import ConvertError
+from .progress import Progress
 
 HOST = os.uname().nodename or "localhost"  # what socket.gethostname() says, without importing socket
 CONVERSION_RECORD = "conversion.json"
@@ -312,13 +313,13 @@ class Transaction:
     """
 
     def __init__(self, out: Path, force: bool, sources: list[Path], needed_bytes: int = 0,
-                 notify=lambda line: print(f"llama-convert: {line}", file=sys.stderr)):
+                 notify: Callable[[str], None] | None = None):
         self.out = Path(out)
         self.entry = real_entry(self.out)
         self.force = force
         self.sources = list(sources)
         self.needed = needed_bytes
-        self.notify = notify
+        self.notify = notify or Progress().notice  # a library caller's default: notices on stderr
         self.partial = self.entry.parent / f".{self.entry.name}.partial-{HOST}-{os.getpid()}"
         self.old = self.entry.parent / f".{self.entry.name}.old-{HOST}-{os.getpid()}"
         self.free: int | None = None
