@@ -8,6 +8,8 @@ Guarantees, for runs nobody watches:
 - The output is written into a hidden sibling `.OUT.partial-HOST-PID` and renamed into place with a
   rename that never replaces anything (renameat2 RENAME_NOREPLACE; where the filesystem lacks it, a
   per-OUT_DIR lock taken before work starts). Of two runs into one new OUT_DIR exactly one wins.
+- A failed run removes what it made: its partial directory, and the missing parents of OUT_DIR it
+  created, as long as nothing else has been put in them.
 - SIGTERM and SIGINT remove the partial directory before the process ends; a later run into the same
   OUT_DIR reclaims what a killed run left (its partial directory, or the previous output it had moved
   aside, which is put back if OUT_DIR is missing). Only this host's entries of dead owners are touched.
@@ -379,8 +381,9 @@ class Transaction:
             tx.commit()
 
     Entering checks OUT_DIR (again: the plan now knows every source file), reclaims debris of dead runs,
-    refuses a plan that clearly does not fit, and makes the partial directory. Leaving without commit()
-    (an exception, SIGTERM, SIGINT) removes the partial directory and nothing else.
+    makes OUT_DIR's missing parents, refuses a plan that clearly does not fit, and makes the partial
+    directory. Leaving without commit() (an exception, SIGTERM, SIGINT) removes the partial directory and
+    the parents this run made that are still empty, and nothing else.
     """
 
     def __init__(self, out: Path, force: bool, sources: list[Path], needed_bytes: int = 0,
@@ -395,6 +398,7 @@ class Transaction:
         self.old = self.entry.parent / f".{self.entry.name}.old-{HOST}-{os.getpid()}"
         self.free: int | None = None
         self.committed = False
+        self.made: list[Path] = []  # parents of OUT_DIR this run created, outermost first
         self._lock: OutDirLock | None = None
         self._handlers: dict[int, object] = {}
 
@@ -403,14 +407,14 @@ class Transaction:
         for line in reclaim(self.out):
             self.notify(line)
         _refuse_existing(self.out, self.force)
-        self.entry.parent.mkdir(parents=True, exist_ok=True)  # after every refusal: nothing made for a refused run
-        self.free = shutil.disk_usage(self.entry.parent).free
-        if self.needed > self.free:
-            raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
-                               f"{_human(self.free)} is free there", "free some space or choose another OUT_DIR")
-        try:
+        try:  # from the first directory made on, a failure removes what this run made
+            self._make_parents()
+            self.free = shutil.disk_usage(self.entry.parent).free
+            if self.needed > self.free:
+                raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
+                                   f"{_human(self.free)} is free there", "free some space or choose another OUT_DIR")
             self._catch_signals()
-            self.partial.mkdir()
+            self._make_partial()
             if not _noreplace_works(self.partial):
                 self._lock = OutDirLock(self.out)
                 self._lock.acquire()
@@ -418,6 +422,37 @@ class Transaction:
             self._end(e)
             raise
         return self
+
+    def _make_parents(self) -> None:
+        """mkdir -p of OUT_DIR's parent, remembering which directories this run made."""
+        missing, d = [], self.entry.parent
+        while not os.path.lexists(d) and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue  # another run made it just now: its to remove, not ours
+            self.made.append(d)
+
+    def _make_partial(self) -> None:
+        for _ in range(3):
+            try:
+                self.partial.mkdir()
+                return
+            except FileNotFoundError:  # a failing run into a sibling OUT_DIR removed the parents it had made
+                self._make_parents()
+        self.partial.mkdir()
+
+    def _remove_parents(self) -> None:
+        """rmdir of the parents this run made, innermost first, stopping at the first that is not empty."""
+        for d in reversed(self.made):
+            try:
+                d.rmdir()
+            except OSError:
+                return  # something else lives there now (another run's output, a user's file): keep it
+        self.made = []
 
     def commit(self) -> None:
         """Put the partial directory in place of OUT_DIR; with force, the previous output goes only after."""
@@ -479,6 +514,8 @@ class Transaction:
         finally:
             if self._lock:
                 self._lock.release()
+            if not self.committed:
+                self._remove_parents()  # after the lock file, which lives in OUT_DIR's parent
             self._restore_signals()
         if die_by_sigterm:  # nobody asked to hear of SIGTERM: end as it would have ended us, only cleaned up
             os.kill(os.getpid(), signal.SIGTERM)

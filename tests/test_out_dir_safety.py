@@ -302,6 +302,58 @@ def test_a_dangling_symlink_counts_as_existing_without_force(tmp_path):
     assert out.is_symlink()
 
 
+# ---------------------------------------------------------------- parents of OUT_DIR
+
+def tied_but_different(tmp: Path) -> Path:
+    """A source that fails while its output is being written: config says tied, the lm_head differs."""
+    src = src_copy(tmp)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    return src
+
+
+def test_a_failed_run_removes_the_parents_of_out_dir_it_created(tmp_path):
+    src = tied_but_different(tmp_path)
+    refused(run_cli("hf2ms", src, tmp_path / "new" / "deep" / "out"), "lm_head.weight differs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_failed_run_keeps_the_parents_that_were_there_before_it(tmp_path):
+    src = tied_but_different(tmp_path)
+    (tmp_path / "runs").mkdir()
+    refused(run_cli("hf2ms", src, tmp_path / "runs" / "2024" / "llama"), "lm_head.weight differs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src"]
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+class WritesBeside(Progress):
+    """Someone else putting a file into OUT_DIR's new parent while the run converts."""
+
+    def __init__(self, where: Path):
+        self.where = where
+
+    def file_done(self, name: str, size: int) -> None:
+        (self.where / "other-run.log").write_text("not yours")
+
+
+def corrupt_download(tmp: Path) -> Path:
+    """A hub cache snapshot whose weights blob does not match its name: found after the weights are written."""
+    snap = make_hub_cache(tmp / "cache", MHA, "org/model")
+    blob = (snap / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    return snap
+
+
+def test_a_failed_run_keeps_a_parent_it_made_once_something_else_lives_there(tmp_path):
+    snap = corrupt_download(tmp_path)
+    deep = tmp_path / "new" / "deep"
+    with pytest.raises(ConvertError, match="corrupt download"):
+        convert_hf2ms(snap, deep / "out", progress=WritesBeside(deep))
+    assert sorted(p.name for p in deep.iterdir()) == ["other-run.log"]
+
+
 # ---------------------------------------------------------------- the final rename
 
 def test_the_final_rename_never_replaces_even_an_empty_directory(tmp_path):
@@ -405,6 +457,12 @@ def test_a_plan_that_does_not_fit_is_refused_before_writing(small_fs):
     fs = small_fs(64 * 1024)
     proc = run_cli("hf2ms", MHA, fs / "out")
     refused(proc, str(fs / "out"), "not enough free space", "needs 461.6 KB", "65.5 KB is free")
+    assert list(fs.iterdir()) == []
+
+
+def test_a_plan_that_does_not_fit_leaves_no_parent_directory_behind(small_fs):
+    fs = small_fs(64 * 1024)
+    refused(run_cli("hf2ms", MHA, fs / "new" / "deep" / "out"), "not enough free space")
     assert list(fs.iterdir()) == []
 
 
