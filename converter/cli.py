@@ -1,16 +1,20 @@
 """The `llama-convert` command: a thin click layer over the library API.
 
 Exit codes: 0 success, 1 a check found a difference (verify, diff), 2 bad input or usage (a missing
-optional dependency included), 3 a bug of ours.
+optional dependency included), 3 a bug of ours. A reader of stdout or stderr that goes away does not
+change them: the work finishes and the command exits as the work ended.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -21,12 +25,104 @@ from .options import DTYPE_CHOICES, DEVICES, FORMATS, HF2MSOptions, MS2HFOptions
 from .outdir import Terminated, raise_terminated
 
 
+class _Forgiving(io.TextIOBase):
+    """A standard stream whose reader may leave (`| head -1`): what finds no reader is dropped, and the
+    descriptor is pointed at /dev/null, so later writes (anyone's, the flush at exit too) go nowhere
+    quietly. Text is made printable: a path's non-UTF-8 bytes are shown as \\xNN, never a crash."""
+
+    def __init__(self, stream: io.TextIOBase):
+        self.stream = stream
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> str | None:
+        return self.stream.errors
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(printable(text))
+        except BrokenPipeError:
+            self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+        try:
+            self.stream.flush()  # what was buffered for the reader that left goes to /dev/null now
+        except OSError:
+            pass
+
+
+def _standard_streams() -> Callable[[], None]:
+    """Make stdin, stdout and stderr safe to use, whatever the caller left them as; returns the undo.
+
+    A descriptor closed by the caller (`2>&-`) gets /dev/null: else the next file we open would take its
+    number, and a library writing to "stderr" would write into the output. Python then has no
+    sys.stderr, and print() to a missing stream writes to stdout, where --json promises the JSON alone."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                continue
+            devnull = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself, unless a lower was free
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+    saved = sys.stdout, sys.stderr
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w"))
+            continue
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue  # not a real descriptor (click's CliRunner): nothing to forgive
+        setattr(sys, name, _Forgiving(stream))
+
+    def restore() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+    return restore
+
+
 def _echo(text: str = "", err: bool = False, nl: bool = True) -> None:
     """Print for a person or a script: a path's non-UTF-8 bytes as \\xNN, whatever the locale."""
     click.echo(printable(text), err=err, nl=nl)
 
 
 class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        restore = _standard_streams()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            restore()
+
     def invoke(self, ctx):
         # SIGTERM and SIGINT unwind like exceptions, so a partial output is removed before we exit
         # with the conventional 128+signal (click would print "Aborted!" and exit 1 for SIGINT).
@@ -139,7 +235,7 @@ def main() -> None:
       llama-convert hf2ms ./Llama-3.2-1B ./out --dry-run       # show the plan, write nothing
 
     Exit status: 0 success, 1 a check failed, 2 bad input or usage (a missing optional dependency
-    too), 3 an internal error (a bug).
+    too), 3 an internal error (a bug). A closed or abandoned stdout/stderr does not change it.
     Shell completion: eval "$(_LLAMA_CONVERT_COMPLETE=bash_source llama-convert)" (zsh_source, fish_source).
     """
 
