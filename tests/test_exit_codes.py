@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from safetensors.numpy import save_file
 
-from conftest import FIXTURES, REPO, refused, run_cli, tree_hash
+from conftest import FIXTURES, REPO, refused, run_cli, synthetic_llama, tree_hash
 
 EXE = str(Path(sys.executable).parent / "llama-convert")
 MHA = FIXTURES / "mha-untied-fp32"
@@ -113,41 +112,14 @@ def test_a_refusal_naming_a_path_that_is_not_utf8_is_one_printable_line(tmp_path
 
 # ---------------------------------------------------------------- a source that changes under us
 
-LAYERS, HIDDEN, FFN, VOCAB = 8, 512, 1024, 8192  # float32, one shard per layer and one for the rest: 112 MB
+LAYERS = 8  # float32, one shard per decoder layer and a last one for the rest: 112 MB
 
 
 @pytest.fixture(scope="module")
 def layered(tmp_path_factory) -> Path:
     """A checkpoint big enough to be caught in the middle of its copy, its embedding shard copied last."""
-    src = tmp_path_factory.mktemp("layered") / "llama"
-    src.mkdir()
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-              "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-              "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": VOCAB,
-              "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-              "torch_dtype": "float32"}
-    (src / "config.json").write_text(json.dumps(config))
-    n = LAYERS + 1
-    shards: list[dict[str, np.ndarray]] = []
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        shards.append({**{f"{p}self_attn.{x}.weight": np.full((HIDDEN, HIDDEN), i, np.float32)
-                          for x in ("q_proj", "k_proj", "v_proj", "o_proj")},
-                       f"{p}mlp.gate_proj.weight": np.ones((FFN, HIDDEN), np.float32),
-                       f"{p}mlp.up_proj.weight": np.ones((FFN, HIDDEN), np.float32),
-                       f"{p}mlp.down_proj.weight": np.ones((HIDDEN, FFN), np.float32),
-                       f"{p}input_layernorm.weight": np.ones(HIDDEN, np.float32),
-                       f"{p}post_attention_layernorm.weight": np.ones(HIDDEN, np.float32)})
-    shards.append({"model.embed_tokens.weight": np.ones((VOCAB, HIDDEN), np.float32),
-                   "model.norm.weight": np.ones(HIDDEN, np.float32),
-                   "lm_head.weight": np.ones((VOCAB, HIDDEN), np.float32)})
-    weight_map = {}
-    for k, tensors in enumerate(shards, 1):
-        name = f"model-{k:05d}-of-{n:05d}.safetensors"
-        save_file(tensors, str(src / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return src
+    return synthetic_llama(tmp_path_factory.mktemp("layered") / "llama", hidden=512, ffn=1024, layers=LAYERS,
+                           vocab=8192, heads=8, values=lambda shape: np.ones(shape, np.float32), sharded=True)
 
 
 def test_a_shard_truncated_while_the_run_copies_is_named_and_nothing_is_left(layered, tmp_path):
