@@ -3,8 +3,9 @@
 Guarantees, for runs nobody watches:
 - OUT_DIR never overlaps a source (the source directory or any file the plan reads, symlinks resolved).
 - --force replaces only an empty directory, a symlink (the link, never its target), or an earlier output
-  of ours that holds exactly what its conversion.json lists (names and sizes): a file a user added to it
-  or changed since is never deleted. Anything else is refused untouched, naming what is in the way.
+  of ours that holds nothing but what its conversion.json lists, at the recorded sizes (a listed file may
+  be gone): a file a user added to it or changed since is never deleted. Anything else is refused
+  untouched, naming what is in the way.
 - The output is written into a hidden sibling `.OUT.partial-HOST-PID` and renamed into place with a
   rename that never replaces anything (renameat2 RENAME_NOREPLACE; where the filesystem lacks it, a
   per-OUT_DIR lock taken before work starts). Of two runs into one new OUT_DIR exactly one wins.
@@ -142,8 +143,9 @@ def _few(items: list[str]) -> str:
 
 
 def replace_refusal(directory: Path, shown: Path | None = None) -> ConvertError | None:
-    """None when --force may replace the directory: it is empty, or holds exactly what the conversion.json
-    of an earlier output of ours lists. Else the refusal, naming up to five entries in the way."""
+    """None when --force may replace the directory: it is empty, or holds nothing but what the conversion.json
+    of an earlier output of ours lists, at the recorded sizes. Else the refusal, naming up to five entries
+    in the way. A listed file that is gone stands in nobody's way."""
     where = shown or directory
     names = sorted(os.listdir(directory))
     if not names:
@@ -433,7 +435,7 @@ class Transaction:
             try:
                 d.mkdir()
             except FileExistsError:
-                continue  # another run made it just now: its to remove, not ours
+                continue  # another run made it just now: that run's to remove, not ours
             self.made.append(d)
 
     def _make_partial(self) -> None:
@@ -489,7 +491,7 @@ class Transaction:
         except OSError:
             raise ConvertError(self.out, f"{refusal.problem}; another run took OUT_DIR meanwhile, so the earlier "
                                f"output waits in {self.old.name}", "move it back by hand") from None
-        raise ConvertError(self.out, f"{refusal.problem} (added while this run worked)",
+        raise ConvertError(self.out, f"{refusal.problem} (added or changed while this run worked)",
                            "this run's output was discarded; move those out of it, or choose another OUT_DIR")
 
     def _rename(self, src: Path, dst: Path) -> None:

@@ -261,7 +261,7 @@ class AddsToOut(Progress):
 def test_a_file_added_to_out_dir_while_the_run_works_is_kept_with_the_earlier_output(tmp_path):
     out = ms_output(tmp_path, "out")
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ConvertError, match="eval_results.txt.*added while this run worked"):
+    with pytest.raises(ConvertError, match="eval_results.txt.*while this run worked"):
         convert_hf2ms(MHA, out, force=True, progress=AddsToOut(out))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {**earlier, "eval_results.txt": b"written during the run"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial, no output moved aside
