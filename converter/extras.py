@@ -19,25 +19,28 @@ EXTRAS = {"torch": "torch", "mindspore": "verify", "mindformers": "verify", "tra
           "safetensors": "verify", "ray": "ray"}
 
 
-def extra_for(module: str | None, default: str | None = None) -> str | None:
-    """The extra that installs `module` (a dotted name is judged by its top level); `default` for a
-    module we do not list (a dependency of one we do, which that extra brings too); never one of ours."""
+def extra_for(module: str | None) -> str | None:
+    """The extra that pins `module` (a dotted name is judged by its top level), or None: not one we know,
+    or one of our own modules, whose absence is a broken install or a bug, not an extra to add."""
     top = (module or "").split(".")[0]
-    if not top or top == "converter":
-        return None  # a module of our own missing is a broken install or a bug, not an extra to add
-    return EXTRAS.get(top, default)
+    return None if top == "converter" else EXTRAS.get(top)
 
 
 def install_line(extra: str) -> str:
     return f"{sys.executable} -m pip install '.[{extra}]'"
 
 
-def missing(error: ModuleNotFoundError, needed_for: str, default: str | None = None) -> ConvertError | None:
-    """The refusal for a failed import, or None when no extra would mend it."""
-    extra = extra_for(error.name, default)
+def missing(error: ModuleNotFoundError, needed_for: str, extra: str | None = None) -> ConvertError | None:
+    """The refusal for a failed import, or None when no extra would mend it. `extra`: the one the purpose
+    needs, which brings the module and what the purpose imports next (verify needs more than torch); a
+    module it does not list is then a dependency of one it does. By default, the module's own extra."""
+    name = error.name or ""
+    if name.split(".")[0] in ("", "converter"):
+        return None
+    extra = extra or extra_for(name)
     if extra is None:
         return None
-    return ConvertError(None, f"{needed_for} needs the Python package {error.name.split('.')[0]}, which is not installed",
+    return ConvertError(None, f"{needed_for} needs the Python package {name.split('.')[0]}, which is not installed",
                         f"install llama-convert's {extra} extra, pinned as the tests ran it: "
                         f"{install_line(extra)} in the llama-convert checkout")
 

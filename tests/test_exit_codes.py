@@ -187,7 +187,7 @@ def converted_for_cpu(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("hidden", ["transformers", "mindformers", "mindspore"])
+@pytest.mark.parametrize("hidden", ["torch", "transformers", "mindformers", "mindspore"])
 def test_verify_without_a_framework_names_the_verify_extra(tmp_path, converted_for_cpu, hidden):
     proc = run_without(tmp_path, hidden, "verify", MHA, converted_for_cpu, "--seq-len", "4")
     # The last line: MindFormers, when it imports, logs warnings of its own that verify does not yet keep quiet.
