@@ -63,8 +63,10 @@ def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_s
     """Parity of MS_DIR's MindFormers model with HF_DIR's transformers model; a verify.VerifyReport.
     on_stage(name, index, total) is called as each stage finishes (see verify.verify).
     (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
-    from .verify import verify as run
-    return run(hf_dir, ms_dir, options, on_stage)
+    from .extras import needed_for
+    with needed_for("verify", "verify"):  # torch, transformers, mindspore, mindformers: imported as it runs
+        from .verify import verify as run
+        return run(hf_dir, ms_dir, options, on_stage)
 
 
 def inspect_checkpoint(path: str | Path) -> dict:

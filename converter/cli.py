@@ -1,25 +1,128 @@
 """The `llama-convert` command: a thin click layer over the library API.
 
-Exit codes: 0 success, 1 a check found a difference (verify, diff), 2 bad input or usage.
+Exit codes: 0 success, 1 a check found a difference (verify, diff), 2 bad input or usage (a missing
+optional dependency included), 3 a bug of ours. A reader of stdout or stderr that goes away does not
+change them: the work finishes and the command exits as the work ended.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from .version import __version__
-from .errors import ConvertError
+from .errors import ConvertError, printable
+from .extras import missing
 from .options import DTYPE_CHOICES, DEVICES, FORMATS, HF2MSOptions, MS2HFOptions, parse_size
 from .outdir import Terminated, raise_terminated
 
 
+class _Forgiving(io.TextIOBase):
+    """A standard stream whose reader may leave (`| head -1`): what finds no reader is dropped, and the
+    descriptor is pointed at /dev/null, so later writes (anyone's, the flush at exit too) go nowhere
+    quietly. Text is made printable: a path's non-UTF-8 bytes are shown as \\xNN, never a crash."""
+
+    def __init__(self, stream: io.TextIOBase):
+        self.stream = stream
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> str | None:
+        return self.stream.errors
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(printable(text))
+        except BrokenPipeError:
+            self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+        try:
+            self.stream.flush()  # what was buffered for the reader that left goes to /dev/null now
+        except OSError:
+            pass
+
+
+def _standard_streams() -> Callable[[], None]:
+    """Make stdin, stdout and stderr safe to use, whatever the caller left them as; returns the undo.
+
+    A descriptor closed by the caller (`2>&-`) gets /dev/null: else the next file we open would take its
+    number, and a library writing to "stderr" would write into the output. Python then has no
+    sys.stderr, and print() to a missing stream writes to stdout, where --json promises the JSON alone."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                continue
+            devnull = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself, unless a lower was free
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+    saved = sys.stdout, sys.stderr
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w"))
+            continue
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue  # not a real descriptor (click's CliRunner): nothing to forgive
+        setattr(sys, name, _Forgiving(stream))
+
+    def restore() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+    return restore
+
+
+def _echo(text: str = "", err: bool = False, nl: bool = True) -> None:
+    """Print for a person or a script: a path's non-UTF-8 bytes as \\xNN, whatever the locale."""
+    click.echo(printable(text), err=err, nl=nl)
+
+
 class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        restore = _standard_streams()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            restore()
+
     def invoke(self, ctx):
         # SIGTERM and SIGINT unwind like exceptions, so a partial output is removed before we exit
         # with the conventional 128+signal (click would print "Aborted!" and exit 1 for SIGINT).
@@ -30,32 +133,36 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Terminated:
-            click.echo("llama-convert: terminated (SIGTERM); nothing half-written was left", err=True)
+            _echo("llama-convert: terminated (SIGTERM); nothing half-written was left", err=True)
             sys.exit(143)
         except KeyboardInterrupt:
-            click.echo("llama-convert: interrupted (SIGINT); nothing half-written was left", err=True)
+            _echo("llama-convert: interrupted (SIGINT); nothing half-written was left", err=True)
             sys.exit(130)
         except ConvertError as e:
-            click.echo(f"llama-convert: error: {e.one_line()}", err=True)
+            _echo(f"llama-convert: error: {e.one_line()}", err=True)
             sys.exit(2)
         except click.UsageError as e:  # click's own report is several lines; scripts grep one
             where = f"{e.ctx.info_name}: " if e.ctx and e.ctx.parent else ""
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            click.echo(f"llama-convert: error: {where}{' '.join(e.format_message().split())}{hint}", err=True)
+            _echo(f"llama-convert: error: {where}{' '.join(e.format_message().split())}{hint}", err=True)
             sys.exit(2)
         except OSError as e:  # disk full, permissions, a file vanishing mid-run: nothing was left half-written
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
+            _echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as e:
+            refusal = missing(e, f"llama-convert {ctx.invoked_subcommand}") if isinstance(e, ModuleNotFoundError) else None
+            if refusal is not None:  # an optional dependency not installed: the installation's fault, not ours
+                _echo(f"llama-convert: error: {refusal.one_line()}", err=True)
+                sys.exit(2)
             # A bug of ours, not bad input and not a failed check: a traceback with Python's exit 1 would
             # read as "parity failed" to a CI gate. One line and exit 3, the traceback on request.
             if os.environ.get("LLAMA_CONVERT_TRACEBACK"):
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            click.echo(f"llama-convert: internal error: {type(e).__name__}: {first} (a bug in llama-convert, "
+            _echo(f"llama-convert: internal error: {type(e).__name__}: {first} (a bug in llama-convert, "
                        f"not in your input: rerun with LLAMA_CONVERT_TRACEBACK=1 and report what it prints)", err=True)
             sys.exit(3)
         finally:
@@ -82,9 +189,9 @@ def _show_versions(ctx, param, value) -> None:
     if not value or ctx.resilient_parsing:
         return
     from .noise import versions
-    click.echo(f"llama-convert {__version__}")
+    _echo(f"llama-convert {__version__}")
     for name, version in versions().items():
-        click.echo(f"  {name} {version or 'not installed'}")
+        _echo(f"  {name} {version or 'not installed'}")
     ctx.exit()
 
 
@@ -127,7 +234,8 @@ def main() -> None:
       llama-convert hf2ms ./Llama-3.2-1B ./llama-ms            # MindSpore .ckpt + llama_config.yaml
       llama-convert hf2ms ./Llama-3.2-1B ./out --dry-run       # show the plan, write nothing
 
-    Exit status: 0 success, 1 a check failed, 2 bad input or usage, 3 an internal error (a bug).
+    Exit status: 0 success, 1 a check failed, 2 bad input or usage (a missing optional dependency
+    too), 3 an internal error (a bug). A closed or abandoned stdout/stderr does not change it.
     Shell completion: eval "$(_LLAMA_CONVERT_COMPLETE=bash_source llama-convert)" (zsh_source, fish_source).
     """
 
@@ -135,7 +243,8 @@ def main() -> None:
 _TABLE = click.option("--table", default=None, metavar="NAME|PATH",
                       help="Mapping table to convert with [default: chosen from the model's architecture].")
 _FORCE = click.option("--force", is_flag=True,
-                      help="Replace OUT_DIR if it is an earlier llama-convert output or empty (a symlink: the link).")
+                      help="Replace OUT_DIR if it is empty, a symlink (the link only), or an earlier llama-convert "
+                           "output holding exactly the files its conversion.json lists.")
 _HASH = click.option("--hash/--no-hash", "hash", default=True, show_default=True,
                      help="sha256 of every input and output file in conversion.json (costs a read of each); "
                           "also checks HF hub cache blobs against their names (--no-hash: no check).")
@@ -144,7 +253,7 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print a machine-re
 
 def _show_plan(plan, as_json: bool) -> None:
     from . import report
-    click.echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
+    _echo(json.dumps(report.plan_json(plan), indent=2) if as_json else report.plan_text(plan))
 
 
 @main.command()
@@ -196,14 +305,14 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     summary = report.result_json(result.plan, result)
     if not then_verify:
         if as_json or not _quiet():
-            click.echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
+            _echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
         return
     from .verify import report_text, sanitize
     checked = api.verify_conversion(src_dir, out_dir)
     if as_json:
-        click.echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
+        _echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
     elif not _quiet():
-        click.echo(report.result_text(result.plan, result) + "\n\n" + report_text(checked))
+        _echo(report.result_text(result.plan, result) + "\n\n" + report_text(checked))
     sys.exit(0 if checked.passed else 1)
 
 
@@ -244,7 +353,7 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force
     with _progress() as progress:
         result = api.convert_ms2hf(ms_dir, out_dir, opts, config, force=force, progress=progress)
     if as_json or not _quiet():
-        click.echo(json.dumps(report.result_json(result.plan, result), indent=2) if as_json
+        _echo(json.dumps(report.result_json(result.plan, result), indent=2) if as_json
                    else report.result_text(result.plan, result))
 
 
@@ -261,16 +370,16 @@ def inspect(path: Path, as_json: bool) -> None:
     import converter as api
     info = api.inspect_checkpoint(path)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _echo(json.dumps(info, indent=2))
         return
     rows = info["tensors"]
     width = max([len(r["name"]) for r in rows] + [4])
-    click.echo(f"{info['path']} ({info['side'].upper()} checkpoint)")
-    click.echo(f"{'name':<{width}}  {'shape':<16}  {'dtype':<9}  {'bytes':>12}")
+    _echo(f"{info['path']} ({info['side'].upper()} checkpoint)")
+    _echo(f"{'name':<{width}}  {'shape':<16}  {'dtype':<9}  {'bytes':>12}")
     for r in rows:
-        click.echo(f"{r['name']:<{width}}  {'x'.join(map(str, r['shape'])):<16}  {r['dtype']:<9}  {r['bytes']:>12,}")
+        _echo(f"{r['name']:<{width}}  {'x'.join(map(str, r['shape'])):<16}  {r['dtype']:<9}  {r['bytes']:>12,}")
     by = ", ".join(f"{k} {v:,} B" for k, v in info["bytes_by_dtype"].items())
-    click.echo(f"total: {info['tensor_count']} tensors, {info['total_bytes']:,} bytes ({by})")
+    _echo(f"total: {info['tensor_count']} tensors, {info['total_bytes']:,} bytes ({by})")
 
 
 @main.command()
@@ -293,19 +402,19 @@ def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
     import converter as api
     r = api.diff_checkpoints(a, b, atol)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        _echo(json.dumps(r, indent=2))
     elif not _quiet():
-        click.echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
+        _echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
         for n in r["only_in_a"]:
-            click.echo(f"  only in A: {n}")
+            _echo(f"  only in A: {n}")
         for n in r["only_in_b"]:
-            click.echo(f"  only in B: {n}")
+            _echo(f"  only in B: {n}")
         for row in r["tensors"]:
             off = row["max_abs_diff"] is None or row["max_abs_diff"] > atol or row["dtype_a"] != row["dtype_b"]
             if off:
-                click.echo(f"  {row['name']}: shape {row['shape_a']} vs {row['shape_b']}, dtype {row['dtype_a']} vs "
+                _echo(f"  {row['name']}: shape {row['shape_a']} vs {row['shape_b']}, dtype {row['dtype_a']} vs "
                            f"{row['dtype_b']}, max_abs_diff {row['max_abs_diff']}")
-        click.echo(f"  {len(r['tensors'])} tensors compared")
+        _echo(f"  {len(r['tensors'])} tensors compared")
     sys.exit(0 if r["same"] else 1)
 
 
@@ -375,7 +484,7 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
                               on_stage=progress.stage)
     progress.close()
     if as_json or not _quiet():
-        click.echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
+        _echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
 
 
@@ -452,24 +561,24 @@ def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
     if dry_run:
         plan = api.plan_bulk(manifest, opts)
         if as_json:
-            click.echo(json.dumps(plan, indent=2))
+            _echo(json.dumps(plan, indent=2))
         else:
             for r in plan["rows"]:
-                click.echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {r['memory_estimate'] / 2**30:.2f} GiB")
+                _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {r['memory_estimate'] / 2**30:.2f} GiB")
         return
     live = sys.stderr.isatty()
 
     def on_row(k: int, n: int, row: dict) -> None:
         secs = sum((row.get("seconds") or {}).values())
-        click.echo(("\r\033[K" if live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s"
+        _echo(("\r\033[K" if live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s"
                    + (f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""), err=True)
         if live:
-            click.echo(f"[{k}/{n}] " + "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1)), err=True, nl=False)
+            _echo(f"[{k}/{n}] " + "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1)), err=True, nl=False)
 
     report = api.run_bulk(manifest, opts, on_row=on_row)
     if live:
-        click.echo("\r\033[K", err=True, nl=False)
-    click.echo(json.dumps(report, indent=2) if as_json else table_text(report) + f"\nreport: {report['report']}")
+        _echo("\r\033[K", err=True, nl=False)
+    _echo(json.dumps(report, indent=2) if as_json else table_text(report) + f"\nreport: {report['report']}")
     sys.exit(report["exit_code"])
 
 
@@ -494,7 +603,7 @@ def bulk_plan(paths: tuple[Path, ...], from_cache: bool, from_dir: bool, output:
     if output:
         output.write_text(text)
     else:
-        click.echo(text, nl=False)
+        _echo(text, nl=False)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from .formats import safetensors as st
 from .formats.files import check_regular, parse_json_object, read_small
 from .formats.tensor import TensorRef
 from .formats.torch_bin import read_bin
+from .paths import resolved
 
 
 def load_json(path: Path, what: str = "JSON file") -> dict:
@@ -20,6 +21,7 @@ def open_hf_dir(root: Path) -> Checkpoint:
     """Headers of a HF checkpoint directory, with every file checked to exist and parse."""
     root = Path(root)
     if not root.is_dir():
+        resolved(root)  # a symlink loop is named as one, not as a missing directory
         raise ConvertError(root, "source directory not found" if not root.exists() else "is not a directory")
     config = load_json(root / "config.json", "config.json")
     gen_path = root / "generation_config.json"

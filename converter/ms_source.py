@@ -14,13 +14,14 @@ from .formats import ckpt, safetensors as st
 from .formats.files import check_regular, read_small
 from .formats.tensor import TensorRef
 from .mapping import safe_yaml, yaml_names
+from .paths import resolved
 from .value_types import kind
 
 
 def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model's YAML") -> tuple[dict, str | None]:
     """(model.model_config, the mapping table it records or None) of a MindFormers YAML."""
     try:
-        data = safe_yaml(read_small(path, "MindFormers YAML", hint))
+        data = _load_yaml(read_small(path, "MindFormers YAML", hint))
     except yaml.YAMLError:
         raise ConvertError(path, "is not a MindFormers YAML with model.model_config") from None
     if not isinstance(data, dict) or "model" not in data:
@@ -43,6 +44,17 @@ def read_mindformers_yaml(path: Path, hint: str = "pass --config with the model'
     return mc, table
 
 
+def _load_yaml(raw: bytes):
+    """The YAML as MindFormers reads it. A path that is not UTF-8 is written as \\uDCxx escapes, which
+    libyaml refuses and PyYAML's own loader (the one MindFormers uses) turns back into the path's bytes."""
+    try:
+        return safe_yaml(raw)
+    except yaml.YAMLError as e:
+        if "invalid Unicode character escape" not in str(e):
+            raise
+    return yaml.safe_load(raw)
+
+
 def find_yaml(root: Path) -> Path:
     """The MindFormers YAML of an output directory, by the names the mapping tables write."""
     names = yaml_names()
@@ -53,6 +65,7 @@ def ms_checkpoint_files(path: Path) -> list[Path]:
     """The weight files of a MindSpore checkpoint: a .ckpt or .safetensors file, or those in a directory."""
     path = Path(path)
     if not path.exists():
+        resolved(path)  # a symlink loop is named as one, not as a missing file
         raise ConvertError(path, "not found")
     files = [path] if not path.is_dir() else sorted(path.glob("*.ckpt")) or sorted(path.glob("*.safetensors"))
     if not files:

@@ -2,11 +2,15 @@
 
 Guarantees, for runs nobody watches:
 - OUT_DIR never overlaps a source (the source directory or any file the plan reads, symlinks resolved).
-- --force replaces only an empty directory, a previous llama-convert output, or a symlink (the link, never
-  its target); anything else is refused untouched.
+- --force replaces only an empty directory, a symlink (the link, never its target), or an earlier output
+  of ours that holds nothing but what its conversion.json lists, at the recorded sizes (a listed file may
+  be gone): a file a user added to it or changed since is never deleted. Anything else is refused
+  untouched, naming what is in the way.
 - The output is written into a hidden sibling `.OUT.partial-HOST-PID` and renamed into place with a
   rename that never replaces anything (renameat2 RENAME_NOREPLACE; where the filesystem lacks it, a
   per-OUT_DIR lock taken before work starts). Of two runs into one new OUT_DIR exactly one wins.
+- A failed run removes what it made: its partial directory, and the missing parents of OUT_DIR it
+  created, as long as nothing else has been put in them.
 - SIGTERM and SIGINT remove the partial directory before the process ends; a later run into the same
   OUT_DIR reclaims what a killed run left (its partial directory, or the previous output it had moved
   aside, which is put back if OUT_DIR is missing). Only this host's entries of dead owners are touched.
@@ -23,16 +27,23 @@ import shutil
 import signal
 import threading
 from pathlib import Path
+from stat import S_ISREG
 from types import TracebackType
 from typing import Callable
 
 from .errors import ConvertError
+from .formats.files import read_small
+from .paths import resolved
 from .progress import Progress
 
 HOST = os.uname().nodename or "localhost"  # what socket.gethostname() says, without importing socket
 CONVERSION_RECORD = "conversion.json"
 _RECORD_LIMIT = 256 << 20  # a conversion.json is a few MB at most; anything bigger is not ours
 _CLOCK_SLACK = 2.0         # /proc start times are whole seconds plus ticks: allow for rounding
+# What report.provenance writes: a conversion.json without all of it is not a complete record of ours.
+RECORD_KEYS = frozenset({"tool", "version", "direction", "created", "mapping_table", "options", "source", "hashes",
+                         "outputs", "tensor_count", "tensors", "skipped", "config"})
+_SHOWN = 5                 # foreign entries named in a refusal
 
 
 class Terminated(BaseException):
@@ -53,14 +64,14 @@ def real_entry(path: Path) -> Path:
     """Where `path` itself lives: its parent with symlinks resolved, and its own name (a link stays a link)."""
     path = Path(path)
     if path.name in ("", ".", ".."):
-        return path.resolve()
-    return path.parent.resolve() / path.name
+        return resolved(path)
+    return resolved(path.parent) / path.name
 
 
 def _locations(path: Path) -> set[Path]:
     """The entry itself and, if it is a symlink, what it finally points at."""
     entry = real_entry(path)
-    return {entry, entry.resolve()} if entry.is_symlink() else {entry}
+    return {entry, resolved(path)} if entry.is_symlink() else {entry}
 
 
 def _refuse_overlap(out: Path, sources: list[Path]) -> None:
@@ -80,16 +91,76 @@ def _refuse_overlap(out: Path, sources: list[Path]) -> None:
                 raise ConvertError(out, problem, "choose an OUT_DIR outside the source; nothing was written")
 
 
-def is_llama_convert_output(directory: Path) -> bool:
-    """A directory written by llama-convert: its conversion.json says so."""
+def recorded_outputs(directory: Path) -> dict[str, int] | None:
+    """{name: size} of the files an output of ours lists in its conversion.json, or None when there is no
+    complete record of ours: a regular file, JSON, with every key provenance writes and outputs given
+    as plain file names (never conversion.json itself, which is written after the list) with sizes."""
     record = Path(directory) / CONVERSION_RECORD
     try:
-        if not record.is_file() or record.stat().st_size > _RECORD_LIMIT:
-            return False
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == "llama-convert"
+        if not S_ISREG(os.lstat(record).st_mode):
+            return None  # we never write a link or anything else under that name
+        data = json.loads(read_small(record, CONVERSION_RECORD, limit=_RECORD_LIMIT).decode("utf-8"))
+    except (ConvertError, OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("tool") != "llama-convert" or not RECORD_KEYS <= data.keys():
+        return None
+    outputs = data["outputs"]
+    if not isinstance(outputs, list) or not outputs:
+        return None
+    listed: dict[str, int] = {}
+    for f in outputs:
+        name, size = (f.get("name"), f.get("size")) if isinstance(f, dict) else (None, None)
+        if (not isinstance(name, str) or name in ("", ".", "..", CONVERSION_RECORD) or "/" in name or "\0" in name
+                or name in listed or type(size) is not int or size < 0):
+            return None
+        listed[name] = size
+    return listed
+
+
+def foreign_entries(directory: Path, listed: dict[str, int]) -> list[str]:
+    """What a directory holds beyond the files `listed` with their sizes (and the record itself)."""
+    found = []
+    with os.scandir(directory) as entries:
+        for e in sorted(entries, key=lambda e: e.name):
+            if e.name == CONVERSION_RECORD:
+                continue
+            if e.is_symlink():
+                found.append(f"{e.name} (a symbolic link)")
+            elif e.is_dir():
+                found.append(f"{e.name}/")
+            elif not e.is_file():
+                found.append(f"{e.name} (not a regular file)")
+            elif e.name not in listed:
+                found.append(e.name)
+            elif (size := e.stat(follow_symlinks=False).st_size) != listed[e.name]:
+                found.append(f"{e.name} (changed since: {size} bytes, recorded {listed[e.name]})")
+    return found
+
+
+def _few(items: list[str]) -> str:
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def replace_refusal(directory: Path, shown: Path | None = None) -> ConvertError | None:
+    """None when --force may replace the directory: it is empty, or holds nothing but what the conversion.json
+    of an earlier output of ours lists, at the recorded sizes. Else the refusal, naming up to five entries
+    in the way. A listed file that is gone stands in nobody's way."""
+    where = shown or directory
+    names = sorted(os.listdir(directory))
+    if not names:
+        return None
+    listed = recorded_outputs(directory)
+    if listed is None:
+        return ConvertError(where, f"is not a llama-convert output (no complete {CONVERSION_RECORD} of ours); "
+                            f"refusing to delete it. It holds: {_few(names)}",
+                            "remove it yourself or choose another OUT_DIR")
+    foreign = foreign_entries(directory, listed)
+    if not foreign:
+        return None
+    return ConvertError(where, f"holds what is not part of the earlier llama-convert output there: {_few(foreign)}. "
+                        f"--force replaces only exactly the files its {CONVERSION_RECORD} lists; nothing was deleted",
+                        "move those out of it, or choose another OUT_DIR")
 
 
 def check_out_dir(out: Path, force: bool, sources: list[Path] | tuple[Path, ...] = ()) -> None:
@@ -119,9 +190,9 @@ def _refuse_existing(out: Path, force: bool) -> None:
     if not out.is_dir():
         raise ConvertError(out, "exists and is not a directory; refusing to replace it",
                            "move it away or choose another OUT_DIR")
-    if any(out.iterdir()) and not is_llama_convert_output(out):
-        raise ConvertError(out, f"is not a llama-convert output (no {CONVERSION_RECORD} of ours); "
-                           "refusing to delete it", "remove it yourself or choose another OUT_DIR")
+    refusal = replace_refusal(out)
+    if refusal is not None:
+        raise refusal
 
 
 # ---------------------------------------------------------------- the rename that never replaces
@@ -281,6 +352,10 @@ def reclaim(out: Path) -> list[str]:
                 continue  # another run restored it first, or OUT_DIR appeared: a later run removes it
             notes.append(f"restored {out} from {name}, moved aside by process {pid} that died before replacing it")
             continue
+        if m[1] == "old" and path.is_dir() and not path.is_symlink() and (kept := replace_refusal(path)):
+            # Moved aside, then found to hold files of a user's (a run re-checks it there): not ours to delete.
+            notes.append(f"kept {name}, moved aside by dead process {pid}: {kept.problem}")
+            continue
         _remove(path)
         notes.append(f"reclaimed {name} left by dead process {pid}")
     return notes
@@ -308,8 +383,9 @@ class Transaction:
             tx.commit()
 
     Entering checks OUT_DIR (again: the plan now knows every source file), reclaims debris of dead runs,
-    refuses a plan that clearly does not fit, and makes the partial directory. Leaving without commit()
-    (an exception, SIGTERM, SIGINT) removes the partial directory and nothing else.
+    makes OUT_DIR's missing parents, refuses a plan that clearly does not fit, and makes the partial
+    directory. Leaving without commit() (an exception, SIGTERM, SIGINT) removes the partial directory and
+    the parents this run made that are still empty, and nothing else.
     """
 
     def __init__(self, out: Path, force: bool, sources: list[Path], needed_bytes: int = 0,
@@ -324,6 +400,7 @@ class Transaction:
         self.old = self.entry.parent / f".{self.entry.name}.old-{HOST}-{os.getpid()}"
         self.free: int | None = None
         self.committed = False
+        self.made: list[Path] = []  # parents of OUT_DIR this run created, outermost first
         self._lock: OutDirLock | None = None
         self._handlers: dict[int, object] = {}
 
@@ -332,14 +409,14 @@ class Transaction:
         for line in reclaim(self.out):
             self.notify(line)
         _refuse_existing(self.out, self.force)
-        self.entry.parent.mkdir(parents=True, exist_ok=True)  # after every refusal: nothing made for a refused run
-        self.free = shutil.disk_usage(self.entry.parent).free
-        if self.needed > self.free:
-            raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
-                               f"{_human(self.free)} is free there", "free some space or choose another OUT_DIR")
-        try:
+        try:  # from the first directory made on, a failure removes what this run made
+            self._make_parents()
+            self.free = shutil.disk_usage(self.entry.parent).free
+            if self.needed > self.free:
+                raise ConvertError(self.out, f"not enough free space: the output needs {_human(self.needed)}, "
+                                   f"{_human(self.free)} is free there", "free some space or choose another OUT_DIR")
             self._catch_signals()
-            self.partial.mkdir()
+            self._make_partial()
             if not _noreplace_works(self.partial):
                 self._lock = OutDirLock(self.out)
                 self._lock.acquire()
@@ -347,6 +424,37 @@ class Transaction:
             self._end(e)
             raise
         return self
+
+    def _make_parents(self) -> None:
+        """mkdir -p of OUT_DIR's parent, remembering which directories this run made."""
+        missing, d = [], self.entry.parent
+        while not os.path.lexists(d) and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue  # another run made it just now: that run's to remove, not ours
+            self.made.append(d)
+
+    def _make_partial(self) -> None:
+        for _ in range(3):
+            try:
+                self.partial.mkdir()
+                return
+            except FileNotFoundError:  # a failing run into a sibling OUT_DIR removed the parents it had made
+                self._make_parents()
+        self.partial.mkdir()
+
+    def _remove_parents(self) -> None:
+        """rmdir of the parents this run made, innermost first, stopping at the first that is not empty."""
+        for d in reversed(self.made):
+            try:
+                d.rmdir()
+            except OSError:
+                return  # something else lives there now (another run's output, a user's file): keep it
+        self.made = []
 
     def commit(self) -> None:
         """Put the partial directory in place of OUT_DIR; with force, the previous output goes only after."""
@@ -358,6 +466,8 @@ class Transaction:
                 moved_aside = True
             except FileNotFoundError:
                 pass  # a concurrent --force run moved it aside first
+        if moved_aside:
+            self._keep_what_is_not_ours()
         try:
             self._rename(self.partial, self.entry)
         except FileExistsError:
@@ -367,6 +477,22 @@ class Transaction:
             if moved_aside:  # replaced as asked, by this run or by the one that beat it
                 _remove(self.old)
         self.committed = True
+
+    def _keep_what_is_not_ours(self) -> None:
+        """Check the earlier output again where nobody can add to it any more: a file put into OUT_DIR
+        while this run worked puts the earlier output back and discards this run's."""
+        if self.old.is_symlink() or not self.old.is_dir():
+            return
+        refusal = replace_refusal(self.old, self.out)
+        if refusal is None:
+            return
+        try:
+            self._rename(self.old, self.entry)
+        except OSError:
+            raise ConvertError(self.out, f"{refusal.problem}; another run took OUT_DIR meanwhile, so the earlier "
+                               f"output waits in {self.old.name}", "move it back by hand") from None
+        raise ConvertError(self.out, f"{refusal.problem} (added or changed while this run worked)",
+                           "this run's output was discarded; move those out of it, or choose another OUT_DIR")
 
     def _rename(self, src: Path, dst: Path) -> None:
         if self._lock is None:
@@ -390,6 +516,8 @@ class Transaction:
         finally:
             if self._lock:
                 self._lock.release()
+            if not self.committed:
+                self._remove_parents()  # after the lock file, which lives in OUT_DIR's parent
             self._restore_signals()
         if die_by_sigterm:  # nobody asked to hear of SIGTERM: end as it would have ended us, only cleaned up
             os.kill(os.getpid(), signal.SIGTERM)

@@ -21,10 +21,11 @@ from .checkpoint import Checkpoint
 from .config_rules import Translation, check_model_config, translate, translate_back
 from .dtypes import dtype as _dtype
 from .edges import account, expand
-from .errors import ConvertError
+from .errors import ConvertError, printable
 from .formats.files import read_small
 from .mapping import Table, describe_layers, layers_present, select_for_hf, select_for_ms
 from .options import HF2MSOptions, MS2HFOptions
+from .paths import resolved
 from .version import __version__
 
 
@@ -264,7 +265,7 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
 
 def yaml_text(plan: Plan, out_dir: Path | None = None) -> str:
     head = (f"# MindFormers run configuration (run_mode: predict) written by llama-convert {__version__}\n"
-            f"# from {plan.source.root.resolve()} with mapping table {plan.table.name}.\n"
+            f"# from {printable(str(resolved(plan.source.root)))} with mapping table {plan.table.name}.\n"
             f"# Paths name this directory absolutely, so the YAML runs from any working directory; after\n"
             f"# moving the directory, convert again or edit load_checkpoint and the paths under it.\n")
     text = yaml.safe_dump(plan.model_yaml(out_dir), sort_keys=False, default_flow_style=False)

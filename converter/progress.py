@@ -17,7 +17,8 @@ class Progress:
     """Shows no progress, only notices (on stderr): the default of library calls."""
 
     def notice(self, line: str) -> None:
-        print(f"llama-convert: {line}", file=sys.stderr, flush=True)
+        if sys.stderr is not None:  # None when started with stderr closed; print() would fall back to stdout
+            print(f"llama-convert: {line}", file=sys.stderr, flush=True)
 
     def start(self, total_bytes: int, what: str = "converting") -> None:
         pass
@@ -124,7 +125,7 @@ def _shape() -> dict:
 def for_terminal(quiet: bool = False, stream: TextIO | None = None) -> Progress:
     """The display that fits where stderr goes: nothing if quiet, a bar on a terminal, else lines."""
     stream = stream or sys.stderr
-    if quiet:
+    if quiet or stream is None:  # no stderr at all (closed by the caller): nowhere to show anything
         return Quiet()
     isatty = getattr(stream, "isatty", None)
     return Bar(stream) if isatty is not None and isatty() else Lines(stream)

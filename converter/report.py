@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hashing import Hashes
+from .paths import resolved
 from .plan import Plan, weights_dtype
 from .version import __version__
 
@@ -31,7 +32,7 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
         "options": plan.options.as_dict(),
-        "source": {"dir": str(src.root.resolve()),
+        "source": {"dir": str(resolved(src.root)),
                    "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
         "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
         "outputs": outputs,

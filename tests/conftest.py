@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 
 # MindFormers writes its log directory under LOCAL_DEFAULT_PATH (default: ./output); keep the checkout clean.
@@ -98,6 +101,41 @@ def ms():
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
     mindspore.set_device("CPU")
     return mindspore
+
+
+def synthetic_llama(src: Path, hidden: int, ffn: int, layers: int, vocab: int, heads: int,
+                    values: Callable[[tuple[int, ...]], np.ndarray], sharded: bool = False) -> Path:
+    """An untied float32 Llama checkpoint of this shape, each tensor `values(shape)`: one model.safetensors,
+    or with `sharded` one shard per decoder layer and a last one (copied last) for the embedding, the
+    final norm and lm_head, with their index. Big shapes make conversions slow enough to interrupt."""
+    from safetensors.numpy import save_file
+    src.mkdir(parents=True)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+              "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
+              "num_attention_heads": heads, "num_key_value_heads": heads, "vocab_size": vocab,
+              "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
+    (src / "config.json").write_text(json.dumps(config))
+    shards = []
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shards.append({**{f"{p}self_attn.{x}.weight": values((hidden, hidden)) for x in ("q_proj", "k_proj", "v_proj", "o_proj")},
+                       f"{p}mlp.gate_proj.weight": values((ffn, hidden)), f"{p}mlp.up_proj.weight": values((ffn, hidden)),
+                       f"{p}mlp.down_proj.weight": values((hidden, ffn)), f"{p}input_layernorm.weight": values((hidden,)),
+                       f"{p}post_attention_layernorm.weight": values((hidden,))})
+    shards.append({"model.embed_tokens.weight": values((vocab, hidden)), "model.norm.weight": values((hidden,)),
+                   "lm_head.weight": values((vocab, hidden))})
+    if not sharded:
+        save_file({k: v for shard in shards for k, v in shard.items()}, str(src / "model.safetensors"),
+                  metadata={"format": "pt"})
+        return src
+    weight_map = {}
+    for k, tensors in enumerate(shards, 1):
+        name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(src / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return src
 
 
 def make_hub_cache(cache: Path, src: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:

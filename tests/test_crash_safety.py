@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
-from conftest import without_progress
+from conftest import synthetic_llama, without_progress
 
 EXE = Path(sys.executable).parent / "llama-convert"
 HOST = socket.gethostname()
@@ -28,31 +27,9 @@ HIDDEN, FFN, LAYERS, VOCAB = 256, 512, 96, 32000  # float32: 317 MB of weights i
 
 @pytest.fixture(scope="module")
 def big_src(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("synthetic") / "llama"
-    src.mkdir()
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-              "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": VOCAB,
-              "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-              "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
-    (src / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(10)
-
-    def w(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape, dtype=np.float32)
-    tensors = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "lm_head.weight": w(VOCAB, HIDDEN),
-               "model.norm.weight": w(HIDDEN)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"{p}self_attn.{name}.weight"] = w(HIDDEN, HIDDEN)
-        tensors[f"{p}mlp.gate_proj.weight"] = w(FFN, HIDDEN)
-        tensors[f"{p}mlp.up_proj.weight"] = w(FFN, HIDDEN)
-        tensors[f"{p}mlp.down_proj.weight"] = w(HIDDEN, FFN)
-        tensors[f"{p}input_layernorm.weight"] = w(HIDDEN)
-        tensors[f"{p}post_attention_layernorm.weight"] = w(HIDDEN)
-    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
-    return src
+    return synthetic_llama(tmp_path_factory.mktemp("synthetic") / "llama", HIDDEN, FFN, LAYERS, VOCAB, heads=4,
+                           values=lambda shape: rng.standard_normal(shape, dtype=np.float32))
 
 
 def start(*args) -> subprocess.Popen:

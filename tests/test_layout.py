@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "converter"
 # front door and the CLI) may import anything, since nothing in the package imports it.
 LAYERS: list[set[str]] = [
     {"errors", "version", "machine"},
+    {"paths", "extras"},                # paths resolved without looping; optional dependencies by extra
     {"progress", "noise"},              # what a person sees: progress, library logs kept quiet
     {"dtypes", "options", "ops", "value_types", "exprs"},
     {"formats", "formats.files", "formats.payload"},

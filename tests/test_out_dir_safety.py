@@ -1,5 +1,6 @@
-"""OUT_DIR is a transaction: it never overlaps a source, --force replaces only what is ours, the final
-rename never replaces anything it was not told to, dead runs' debris is reclaimed, a full disk is named."""
+"""OUT_DIR is a transaction: it never overlaps a source, --force replaces only what is ours (exactly what
+an earlier output's conversion.json lists), the final rename never replaces anything it was not told to,
+a failed run removes the parents it made, dead runs' debris is reclaimed, a full disk is named."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, refused, run_cli, tree_hash, without_progress
+from conftest import FIXTURES, make_hub_cache, refused, run_cli, tree_hash, without_progress
 from converter import ConvertError, convert_hf2ms
-from converter.outdir import OutDirLock, rename_noreplace
+from converter.outdir import RECORD_KEYS, OutDirLock, rename_noreplace
+from converter.progress import Progress
 
 MHA = FIXTURES / "mha-untied-fp32"
+SHARDED = FIXTURES / "gqa-tied-bf16-sharded"
+TOKENIZED = FIXTURES / "gqa-llama3-rope"  # ships tokenizer.json, tokenizer_config.json, special_tokens_map.json
 HOST = socket.gethostname()
 
 
@@ -128,6 +132,141 @@ def test_force_refuses_a_directory_whose_conversion_json_is_someone_elses(tmp_pa
     assert (out / "conversion.json").exists()
 
 
+def test_force_refuses_a_directory_whose_one_line_conversion_json_merely_claims_to_be_ours(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work")
+    (victim / "conversion.json").write_text('{"tool": "llama-convert"}\n')
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", MHA, victim, "--force"), str(victim), "not a llama-convert output",
+            "no complete conversion.json of ours", "thesis.tex")
+    assert tree_hash(tmp_path) == before
+
+
+def complete_record(tmp: Path) -> dict:
+    out = ms_output(tmp, "sample")
+    record = json.loads((out / "conversion.json").read_text())
+    shutil.rmtree(out)
+    return record
+
+
+@pytest.mark.parametrize("damage", ["a key missing", "no outputs", "an output outside the directory",
+                                    "a size that is not a size", "truncated", "a symlink to a real record"])
+def test_a_conversion_json_that_is_not_a_complete_record_of_ours_does_not_make_a_directory_replaceable(tmp_path, damage):
+    record = complete_record(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    record["outputs"] = [{"name": "notes.txt", "size": 4, "sha256": None}]  # as if our output held exactly it
+    text = json.dumps(record)
+    if damage == "a key missing":
+        text = json.dumps({k: v for k, v in record.items() if k != "tensors"})
+    elif damage == "no outputs":
+        text = json.dumps({**record, "outputs": []})
+    elif damage == "an output outside the directory":
+        text = json.dumps({**record, "outputs": [*record["outputs"], {"name": "../elsewhere", "size": 1}]})
+    elif damage == "a size that is not a size":
+        text = json.dumps({**record, "outputs": [{"name": "notes.txt", "size": "4"}]})
+    elif damage == "truncated":
+        text = text[:len(text) // 2]
+    if damage == "a symlink to a real record":
+        (tmp_path / "real.json").write_text(text)
+        (victim / "conversion.json").symlink_to(tmp_path / "real.json")
+    else:
+        (victim / "conversion.json").write_text(text)
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", MHA, victim, "--force"), str(victim), "not a llama-convert output", "notes.txt")
+    assert tree_hash(tmp_path) == before
+
+
+def test_the_complete_record_is_what_a_conversion_writes(tmp_path):
+    assert RECORD_KEYS <= complete_record(tmp_path).keys()
+
+
+def test_force_keeps_an_earlier_output_that_a_user_added_files_to(tmp_path):
+    out = ms_output(tmp_path, "out")
+    (out / "eval_results.txt").write_text("accuracy 0.71")
+    (out / "notes").mkdir()
+    (out / "notes" / "run.md").write_text("what I tried")
+    before = tree_hash(tmp_path)
+    err = refused(run_cli("hf2ms", MHA, out, "--force"), str(out), "eval_results.txt", "notes/",
+                  "not part of the earlier llama-convert output", "nothing was deleted")
+    assert "model.safetensors" not in err  # the output's own files are not in the way
+    assert tree_hash(tmp_path) == before
+
+
+def test_force_keeps_an_earlier_output_whose_files_were_changed_since(tmp_path):
+    out = ms_output(tmp_path, "out")
+    with open(out / "llama_config.yaml", "a") as f:
+        f.write("# tuned by hand\n")
+    before = tree_hash(tmp_path)
+    refused(run_cli("hf2ms", MHA, out, "--force"), "llama_config.yaml (changed since")
+    assert tree_hash(tmp_path) == before
+
+
+def test_force_keeps_an_earlier_output_holding_a_link_even_under_a_listed_name(tmp_path):
+    out = ms_output(tmp_path, "out")
+    (out / "model.safetensors").unlink()
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
+    (out / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    refused(run_cli("hf2ms", MHA, out, "--force"), "model.safetensors (a symbolic link)")
+
+
+def test_a_refusal_names_five_foreign_entries_and_counts_the_rest(tmp_path):
+    out = ms_output(tmp_path, "out")
+    for k in range(7):
+        (out / f"added-{k}.txt").write_text("x")
+    err = refused(run_cli("hf2ms", MHA, out, "--force"), "added-0.txt, added-1.txt, added-2.txt, added-3.txt, "
+                  "added-4.txt and 2 more", absent=("added-5.txt",))
+    assert len(err) < 600, err
+
+
+@pytest.mark.parametrize("command,src,extra", [
+    ("hf2ms", TOKENIZED, ()),                                      # YAML, conversion.json, tokenizer files
+    ("hf2ms", SHARDED, ("--format", "safetensors")),               # shards and their index
+    ("ms2hf", None, ()),                                           # config.json, generation_config.json, ...
+], ids=["hf2ms-with-tokenizer", "hf2ms-sharded", "ms2hf"])
+def test_force_replaces_an_earlier_output_that_holds_exactly_what_its_record_lists(tmp_path, command, src, extra):
+    if src is None:
+        src = ms_output(tmp_path, "ms")
+    out = tmp_path / "out"
+    assert run_cli(command, src, out, *extra).returncode == 0
+    earlier = out.stat().st_ino
+    proc = run_cli(command, src, out, *extra, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_ino != earlier  # a new directory renamed into place
+    record = json.loads((out / "conversion.json").read_text())
+    assert {p.name for p in out.iterdir()} == {f["name"] for f in record["outputs"]} | {"conversion.json"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_replaces_an_earlier_output_that_lost_one_of_its_files(tmp_path):
+    # Nothing of anyone's is in the way: a listed file that is gone costs nobody anything.
+    out = ms_output(tmp_path, "out")
+    (out / "model.safetensors").unlink()
+    assert run_cli("hf2ms", MHA, out, "--force").returncode == 0
+    assert (out / "model.ckpt").is_file()
+
+
+class AddsToOut(Progress):
+    """A user writing into OUT_DIR while the run converts: as the first output file is done."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def file_done(self, name: str, size: int) -> None:
+        (self.out / "eval_results.txt").write_text("written during the run")
+
+
+def test_a_file_added_to_out_dir_while_the_run_works_is_kept_with_the_earlier_output(tmp_path):
+    out = ms_output(tmp_path, "out")
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConvertError, match="eval_results.txt.*while this run worked"):
+        convert_hf2ms(MHA, out, force=True, progress=AddsToOut(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {**earlier, "eval_results.txt": b"written during the run"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial, no output moved aside
+
+
 def test_force_replaces_an_empty_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -161,6 +300,58 @@ def test_a_dangling_symlink_counts_as_existing_without_force(tmp_path):
     out.symlink_to(tmp_path / "nowhere")
     refused(run_cli("hf2ms", MHA, out), "already exists")
     assert out.is_symlink()
+
+
+# ---------------------------------------------------------------- parents of OUT_DIR
+
+def tied_but_different(tmp: Path) -> Path:
+    """A source that fails while its output is being written: config says tied, the lm_head differs."""
+    src = src_copy(tmp)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    return src
+
+
+def test_a_failed_run_removes_the_parents_of_out_dir_it_created(tmp_path):
+    src = tied_but_different(tmp_path)
+    refused(run_cli("hf2ms", src, tmp_path / "new" / "deep" / "out"), "lm_head.weight differs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_failed_run_keeps_the_parents_that_were_there_before_it(tmp_path):
+    src = tied_but_different(tmp_path)
+    (tmp_path / "runs").mkdir()
+    refused(run_cli("hf2ms", src, tmp_path / "runs" / "2024" / "llama"), "lm_head.weight differs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src"]
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+class WritesBeside(Progress):
+    """Someone else putting a file into OUT_DIR's new parent while the run converts."""
+
+    def __init__(self, where: Path):
+        self.where = where
+
+    def file_done(self, name: str, size: int) -> None:
+        (self.where / "other-run.log").write_text("not yours")
+
+
+def corrupt_download(tmp: Path) -> Path:
+    """A hub cache snapshot whose weights blob does not match its name: found after the weights are written."""
+    snap = make_hub_cache(tmp / "cache", MHA, "org/model")
+    blob = (snap / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    return snap
+
+
+def test_a_failed_run_keeps_a_parent_it_made_once_something_else_lives_there(tmp_path):
+    snap = corrupt_download(tmp_path)
+    deep = tmp_path / "new" / "deep"
+    with pytest.raises(ConvertError, match="corrupt download"):
+        convert_hf2ms(snap, deep / "out", progress=WritesBeside(deep))
+    assert sorted(p.name for p in deep.iterdir()) == ["other-run.log"]
 
 
 # ---------------------------------------------------------------- the final rename
@@ -266,6 +457,12 @@ def test_a_plan_that_does_not_fit_is_refused_before_writing(small_fs):
     fs = small_fs(64 * 1024)
     proc = run_cli("hf2ms", MHA, fs / "out")
     refused(proc, str(fs / "out"), "not enough free space", "needs 461.6 KB", "65.5 KB is free")
+    assert list(fs.iterdir()) == []
+
+
+def test_a_plan_that_does_not_fit_leaves_no_parent_directory_behind(small_fs):
+    fs = small_fs(64 * 1024)
+    refused(run_cli("hf2ms", MHA, fs / "new" / "deep" / "out"), "not enough free space")
     assert list(fs.iterdir()) == []
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Callable
 
-from ..errors import ConvertError
+from ..extras import require
 from .memory import gib
 from .runner import Task, run_row
 
@@ -20,12 +20,7 @@ LOCAL_OBJECT_STORE = 100 * 2**20   # rows pass paths and small dicts, never tens
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConvertError(None, "the Ray executor needs Ray, which is not installed",
-                           "pip install 'llama-convert[ray]', or use --executor local") from None
-    return ray
+    return require("ray", "bulk --executor ray (or use --executor local)")
 
 
 def _ray_row(spec: dict, timeout: float | None) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Protocol
 
 from ..dtypes import cast_bytes, dtype
+from ..errors import ConvertError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,10 +90,18 @@ class _Windowed:
             _write_all(fd, view)
 
 
+def source_changed(path: Path, end: int) -> ConvertError:
+    """A source that ends before bytes its header promised, found while copying: the headers were read
+    whole and checked against the size, so the file was truncated or replaced under us."""
+    return ConvertError(path, f"ended before byte {end} while being copied: the file changed (was truncated or "
+                        "replaced) during the conversion", "make sure nothing writes to the source while it "
+                        "converts, then run again; nothing was left in OUT_DIR")
+
+
 def _pread_exact(fd: int, buffers: list, offset: int, path: Path) -> None:
     want = sum(len(b) for b in buffers)
     if os.preadv(fd, buffers, offset) != want:
-        raise EOFError(f"{path}: short read of {want} bytes at offset {offset}")
+        raise source_changed(path, offset + want)
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class FileRanges:
     def write_to(self, fd: int, start: int, length: int) -> None:
         with open(self.path, "rb", buffering=0) as src:
             for off, n in self.locate(start, length):
-                _copy_range(src.fileno(), off, fd, n)
+                _copy_range(src.fileno(), off, fd, n, self.path)
 
     def read(self) -> np.ndarray:
         return read_all(self)
@@ -261,7 +270,7 @@ PAGE = 4096
 _FOLIO = 64 << 10
 
 
-def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
+def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int, path: Path) -> None:
     kernel = COPY_MODE == "kernel"
     piece = -os.lseek(dst_fd, 0, os.SEEK_CUR) % _FOLIO or (1 << 30)
     while n > 0:
@@ -272,17 +281,17 @@ def _copy_range(src_fd: int, offset: int, dst_fd: int, n: int) -> None:
             except OSError:
                 kernel = False  # e.g. EXDEV on old kernels, or a file system without support
         if done <= 0:
-            done = _buffered_copy(src_fd, offset, dst_fd, min(n, piece, WINDOW))
+            done = _buffered_copy(src_fd, offset, dst_fd, min(n, piece, WINDOW), path)
         offset += done
         n -= done
         piece = 1 << 30
 
 
-def _buffered_copy(src_fd: int, offset: int, dst_fd: int, n: int) -> int:
+def _buffered_copy(src_fd: int, offset: int, dst_fd: int, n: int, path: Path) -> int:
     view = _buffer("copy", n)
     got = os.preadv(src_fd, [view], offset)
     if got <= 0:
-        raise EOFError(f"source ended before offset {offset + n}")
+        raise source_changed(path, offset + n)
     return _write_all(dst_fd, view[:got])
 
 

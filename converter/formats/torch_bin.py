@@ -7,17 +7,13 @@ from pathlib import Path
 
 from ..dtypes import BY_TORCH
 from ..errors import ConvertError
+from ..extras import require
 from .files import check_not_lfs_pointer, open_input
 from .tensor import TensorRef
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise ConvertError(None, "reading pytorch_model.bin needs PyTorch, which is not installed",
-                           "pip install torch, or convert the checkpoint to safetensors first") from None
-    return torch
+    return require("torch", "reading pytorch_model.bin")
 
 
 def read_bin(path: Path) -> dict[str, TensorRef]:
