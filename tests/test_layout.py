@@ -13,10 +13,12 @@ LAYERS: list[set[str]] = [
     {"errors", "version", "machine"},
     {"progress", "noise"},              # what a person sees: progress, library logs kept quiet
     {"dtypes", "options", "ops", "value_types", "exprs"},
+    {"typed"},                          # YAML data -> frozen dataclasses, by their type hints
     {"formats", "formats.files", "formats.payload"},
     {"formats.tensor"},
     {"formats.safetensors", "formats.ckpt", "formats.torch_bin"},
-    {"mapping"},                        # the tables: found, loaded, checked
+    {"table"},                          # the table language: typed sections, checks a schema cannot make
+    {"mapping"},                        # the tables: found, read with extends:, cached, chosen
     {"edges"},                          # one model's mapping, read both ways
     {"config_rules"},                   # the table's config rules, both ways
     {"checkpoint"},                     # what both readers return

@@ -1,0 +1,196 @@
+"""YAML data into frozen dataclasses, by their type hints: the schema is the check, and the types are
+the documentation of what a file may say.
+
+A class's fields are the words its mapping may hold (`field(metadata={"yaml": "from"})` when the
+word is not a Python name); a field with a default may be left out. Supported hints: str, int,
+float, bool, None, Literal[...], unions of these, tuple[X, ...] (a YAML list), OneOrMore[X] (one
+value or a list of them), Mapping[str, X] (read-only, in file order) and nested dataclasses. A
+class's `__post_init__` states what its own fields must agree on by raising `Invalid`.
+
+Every error is one ConvertError naming the file and the entry by its path in the file, in the
+file's words: `mappings/x.yaml: config.hidden_size: unknown word 'too' (write one of back, check, ...)`.
+That path, keys of mappings included, is why this is not msgspec (whose errors say `$.config[...]`
+for every key of a mapping) or pydantic (whose import alone costs a conversion's whole start-up).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from .errors import ConvertError
+from .value_types import kind, show
+
+T = TypeVar("T")
+
+EMPTY: Mapping = types.MappingProxyType({})
+
+
+class _OneOrMore:
+    """Marks tuple[X, ...] fields whose YAML may give a single X instead of a list."""
+
+
+X = TypeVar("X")
+OneOrMore = Annotated[tuple[X, ...], _OneOrMore]
+
+
+class Unset:
+    """The value of a field the file left out, where null is a value of its own (`back: null`)."""
+    _it: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._it is None:
+            cls._it = super().__new__(cls)
+        return cls._it
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
+
+def empty() -> Any:
+    """A dataclass field defaulting to the empty read-only mapping."""
+    return dataclasses.field(default_factory=lambda: EMPTY)
+
+
+class Invalid(ValueError):
+    """Raised by a schema class's __post_init__: what is wrong with it (the entry's path is added)."""
+
+    def __init__(self, problem: str, hint: str | None = None, at: str | None = None):
+        super().__init__(problem)
+        self.problem, self.hint, self.at = problem, hint, at   # at: the field it is about, if one
+
+
+class _Error(Exception):
+    def __init__(self, where: str, problem: str, hint: str | None = None):
+        self.where, self.problem, self.hint = where, problem, hint
+
+
+def build(cls: type[T], data: object, file: Path | str, **given: Any) -> T:
+    """`data` (parsed YAML) as a `cls`; fields named in `given` are set from it, not from the file."""
+    try:
+        return _dataclass(cls, data, "", given)
+    except _Error as e:
+        raise ConvertError(file, f"{e.where}: {e.problem}" if e.where else e.problem, e.hint) from None
+
+
+@lru_cache(maxsize=None)
+def _fields(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
+    """(python name, YAML word, resolved hint, required) of each field of a dataclass."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out.append((f.name, f.metadata.get("yaml", f.name), hints[f.name], required))
+    return tuple(out)
+
+
+def _join(where: str, key: object) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _dataclass(cls: type, data: object, where: str, given: dict | None = None) -> Any:
+    fields = [f for f in _fields(cls) if not given or f[0] not in given]
+    words = [word for _, word, _, _ in fields]
+    if not isinstance(data, dict):
+        raise _Error(where, f"{_is(data)}; expected a mapping of {', '.join(words)}")
+    unknown = [k for k in data if k not in words]
+    if unknown:
+        noun = getattr(cls, "WORD", "word")
+        raise _Error(where, f"unknown {noun} {unknown[0]!r}", f"write one of {', '.join(sorted(words))}")
+    kwargs = dict(given or {})
+    for name, word, hint, required in fields:
+        if word in data:
+            kwargs[name] = _value(hint, data[word], _join(where, word))
+        elif required:
+            raise _Error(_join(where, word), "missing", f"expected {_expects(hint)}")
+    try:
+        return cls(**kwargs)
+    except Invalid as e:
+        raise _Error(_join(where, e.at) if e.at else where, e.problem, e.hint) from None
+
+
+def _value(hint: Any, value: object, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        if _OneOrMore in args[1:] and not isinstance(value, list):
+            value = [value]
+        return _value(args[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _dataclass(hint, value, where)
+    if origin in (Union, types.UnionType):
+        real = [h for h in args if h is not Unset and h is not type(None)]
+        if value is None and len(real) < len(args):
+            return None
+        if len(real) == 1:  # X | None: X's own checks, with their own words
+            return _value(real[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
+        return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is Mapping:
+        if not isinstance(value, dict):
+            raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None:
+            raise _Error(where, f"key {show(bad)} is {kind(bad)}; expected a name", "quote it in the YAML")
+        return types.MappingProxyType({k: _value(args[1], v, _join(where, k)) for k, v in value.items()})
+    if _scalar_ok(hint, value):
+        return value
+    raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
+
+
+def _scalar_ok(hint: Any, value: object) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_scalar_ok(h, value) for h in typing.get_args(hint) if h is not Unset)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if hint is Any or hint is object:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is float:  # YAML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(hint, type) and type(value) is hint
+
+
+_NOUNS = {str: ("a string", "strings"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          bool: ("a boolean", "booleans"), type(None): ("null", "nulls")}
+
+
+def _expects(hint: Any, many: bool = False) -> str:
+    """What a hint asks for, in the words of the file ('a list of strings'); `many`: in the plural."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        if _OneOrMore in args[1:]:
+            one = typing.get_args(args[0])[0]
+            return f"{_expects(one, many)} or {'lists' if many else 'a list'} of {_expects(one, True)}"
+        return _expects(args[0], many)
+    if dataclasses.is_dataclass(hint):
+        return f"{'mappings' if many else 'a mapping'} of {', '.join(word for _, word, _, _ in _fields(hint))}"
+    if origin is tuple:
+        return f"{'lists' if many else 'a list'} of {_expects(args[0], True)}"
+    if origin is Mapping:
+        return f"{'mappings' if many else 'a mapping'} of names to {_expects(args[1], True)}"
+    if origin in (Union, types.UnionType):
+        words = [_expects(h, many) for h in args if h is not Unset]
+        return ", ".join(words[:-1]) + " or " + words[-1]
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    return _NOUNS[hint][many] if hint in _NOUNS else getattr(hint, "__name__", str(hint))
+
+
+def _is(value: object) -> str:
+    """'"4" is a string', 'is a list': a scalar shown as the file wrote it, a container only named."""
+    if value is None or isinstance(value, (list, dict)):
+        return f"is {kind(value)}"
+    return f"{show(value)} is {kind(value)}"
