@@ -71,11 +71,28 @@ def _parsed_table(path: Path, sha256: str, chain: tuple[tuple[Path, bytes], ...]
     return from_data(merged, path, sha256)
 
 
+class _TableLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Refuses a key written twice in one mapping. YAML keeps the last one silently, so a table's second
+    `config:` would drop the first whole, and a repeated entry would hide the one above it."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: merged keys may be overridden, which is what merging is for
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice in one mapping (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 @lru_cache(maxsize=64)
 def _parsed_yaml(path: Path, raw: bytes) -> dict:
     """The YAML of one table file (shared: read it, never change it)."""
     try:
-        data = safe_yaml(raw)
+        data = yaml.load(raw, Loader=_TableLoader)
     except yaml.YAMLError as e:
         raise ConvertError(path, f"mapping table is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

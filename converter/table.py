@@ -7,8 +7,8 @@ other: expressions read only defined names, `{i}` patterns are used consistently
 family needs beyond this data is a named Python rule (config_rules.RULES, `via:`) or op (ops.OPS),
 never a new word in the table.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the field types are evaluated once, as the classes are
+# made, instead of compiled from strings at every first load (80 annotations: ~10 ms).
 import re
 import string
 from collections.abc import Mapping
@@ -34,6 +34,12 @@ class HF:
     architectures: tuple[str, ...]
     model_type: str
     model_class: str          # transformers' class: verify's HF model, and what ms2hf writes as architectures
+
+    def __post_init__(self) -> None:
+        if self.model_class not in self.architectures:
+            raise Invalid(f"{self.model_class!r} is not among architectures {list(self.architectures)}",
+                          "ms2hf writes it as config.json's architectures, which must lead back to this table",
+                          at="model_class")
 
 
 @dataclass(frozen=True)
@@ -301,7 +307,7 @@ def check(table: Table) -> None:
                        "list it under model_config with its type")
 
 
-def _check_entry(fail: _Failer, where: str, entry: ConfigKey | ModelConfigKey, readable: set[str],
+def _check_entry(fail: "_Failer", where: str, entry: ConfigKey | ModelConfigKey, readable: set[str],
                  typed_keys: set[str]) -> None:
     if entry.check is None:
         return

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Callable, Literal, NoReturn, TypeVar, Union
 
 from .errors import ConvertError
 from .value_types import kind, show
@@ -91,76 +91,113 @@ def _fields(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=None)
+def _schema(cls: type, given: frozenset[str]) -> tuple[tuple[tuple[str, str, Any, bool], ...], frozenset[str], str]:
+    """A class's fields read from the file (with each one's converter), their words, and its unknown-key noun."""
+    fields = tuple((name, word, _converter(hint), required) for name, word, hint, required in _fields(cls)
+                   if name not in given)
+    return fields, frozenset(word for _, word, _, _ in fields), getattr(cls, "WORD", "word")
+
+
 def _join(where: str, key: object) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
 def _dataclass(cls: type, data: object, where: str, given: dict | None = None) -> Any:
-    fields = [f for f in _fields(cls) if not given or f[0] not in given]
-    words = [word for _, word, _, _ in fields]
+    fields, words, noun = _schema(cls, frozenset(given or ()))
     if not isinstance(data, dict):
-        raise _Error(where, f"{_is(data)}; expected a mapping of {', '.join(words)}")
+        raise _Error(where, f"{_is(data)}; expected {_expects(cls)}")
     unknown = [k for k in data if k not in words]
     if unknown:
-        noun = getattr(cls, "WORD", "word")
         raise _Error(where, f"unknown {noun} {unknown[0]!r}", f"write one of {', '.join(sorted(words))}")
     kwargs = dict(given or {})
-    for name, word, hint, required in fields:
+    for name, word, convert, required in fields:
         if word in data:
-            kwargs[name] = _value(hint, data[word], _join(where, word))
+            kwargs[name] = convert(data[word], _join(where, word))
         elif required:
-            raise _Error(_join(where, word), "missing", f"expected {_expects(hint)}")
+            raise _Error(_join(where, word), "missing", f"expected {_expects(_hint(cls, name))}")
     try:
         return cls(**kwargs)
     except Invalid as e:
         raise _Error(_join(where, e.at) if e.at else where, e.problem, e.hint) from None
 
 
-def _value(hint: Any, value: object, where: str) -> Any:
+def _hint(cls: type, name: str) -> Any:
+    return next(hint for field, _, hint, _ in _fields(cls) if field == name)
+
+
+Convert = Callable[[object, str], Any]   # (value, its path in the file) -> the typed value
+
+
+@lru_cache(maxsize=None)
+def _converter(hint: Any) -> Convert:
+    """The function that checks and converts a value of one hint: made once per hint, so that a table's
+    thousand values cost a call each, not a walk through typing's introspection."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
-        if _OneOrMore in args[1:] and not isinstance(value, list):
-            value = [value]
-        return _value(args[0], value, where)
+        inner = _converter(args[0])
+        if _OneOrMore in args[1:]:
+            return lambda v, where: inner(v if isinstance(v, list) else [v], where)
+        return inner
     if dataclasses.is_dataclass(hint):
-        return _dataclass(hint, value, where)
+        return lambda v, where: _dataclass(hint, v, where)
+    expected = _expects(hint)
+
+    def refuse(v: object, where: str) -> NoReturn:
+        raise _Error(where, f"{_is(v)}; expected {expected}")
+
     if origin in (Union, types.UnionType):
         real = [h for h in args if h is not Unset and h is not type(None)]
-        if value is None and len(real) < len(args):
-            return None
         if len(real) == 1:  # X | None: X's own checks, with their own words
-            return _value(real[0], value, where)
+            inner = _converter(real[0])
+            if type(None) not in args:
+                return inner
+            return lambda v, where: None if v is None else inner(v, where)
     if origin is tuple:
-        if not isinstance(value, list):
-            raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
-        return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        item = _converter(args[0])
+
+        def tuple_of(v: object, where: str) -> tuple:
+            if not isinstance(v, list):
+                refuse(v, where)
+            return tuple(item(x, f"{where}[{i}]") for i, x in enumerate(v))
+        return tuple_of
     if origin is Mapping:
-        if not isinstance(value, dict):
-            raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
-        bad = next((k for k in value if not isinstance(k, str)), None)
-        if bad is not None:
-            raise _Error(where, f"key {show(bad)} is {kind(bad)}; expected a name", "quote it in the YAML")
-        return types.MappingProxyType({k: _value(args[1], v, _join(where, k)) for k, v in value.items()})
-    if _scalar_ok(hint, value):
-        return value
-    raise _Error(where, f"{_is(value)}; expected {_expects(hint)}")
+        value = _converter(args[1])
+
+        def mapping_of(v: object, where: str) -> Mapping:
+            if not isinstance(v, dict):
+                refuse(v, where)
+            bad = next((k for k in v if not isinstance(k, str)), None)
+            if bad is not None:
+                raise _Error(where, f"key {show(bad)} is {kind(bad)}; expected a name", "quote it in the YAML")
+            return types.MappingProxyType({k: value(x, _join(where, k)) for k, x in v.items()})
+        return mapping_of
+    ok = _scalar_test(hint)
+
+    def scalar(v: object, where: str) -> object:
+        if not ok(v):
+            refuse(v, where)
+        return v
+    return scalar
 
 
-def _scalar_ok(hint: Any, value: object) -> bool:
+def _scalar_test(hint: Any) -> Callable[[object], bool]:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        return any(_scalar_ok(h, value) for h in typing.get_args(hint) if h is not Unset)
+        tests = [_scalar_test(h) for h in typing.get_args(hint) if h is not Unset]
+        return lambda v: any(t(v) for t in tests)
     if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+        allowed = typing.get_args(hint)
+        return lambda v: any(v == a and type(v) is type(a) for a in allowed)
     if hint is Any or hint is object:
-        return True
-    if hint is type(None) or hint is None:
-        return value is None
+        return lambda v: True
+    if hint is type(None):
+        return lambda v: v is None
     if hint is float:  # YAML writes 1 for 1.0
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(hint, type) and type(value) is hint
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    return lambda v: type(v) is hint
 
 
 _NOUNS = {str: ("a string", "strings"), int: ("an integer", "integers"), float: ("a number", "numbers"),

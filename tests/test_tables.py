@@ -92,7 +92,8 @@ def write_table(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-BASE = "extends: llama\nname: child\nhf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
+HEAD = "extends: llama\nname: child\n"
+BASE = HEAD + "hf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
 
 
 def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
@@ -114,9 +115,12 @@ def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
     (BASE + "dims:\n  kv: kv_heads * head_dimension\n", "dims.kv: 'kv_heads * head_dimension' reads 'head_dimension'"),
     (BASE + "config:\n  sliding_window: {check: 'value >>= 1', type: int}\n", "config.sliding_window: 'value >>= 1' is not an expression"),
     (BASE + "config:\n  sliding_window: {check: 'value > 1'}\n", "config.sliding_window: declares no `type:`"),
-    (BASE + "hf: {model_class: null}\n", "hf.model_class: missing"),
-    (BASE + "hf: {model_typ: child}\n", "hf: unknown word 'model_typ'"),
-    (BASE + "hf: {model_class: 7}\n", "hf.model_class: 7 is an integer; expected a string"),
+    (HEAD + "hf: {model_class: null}\n", "hf.model_class: missing"),
+    (HEAD + "hf: {model_typ: child}\n", "hf: unknown word 'model_typ'"),
+    (HEAD + "hf: {model_class: 7}\n", "hf.model_class: 7 is an integer; expected a string"),
+    (HEAD + "hf: {model_class: OtherForCausalLM}\n", "hf.model_class: 'OtherForCausalLM' is not among architectures"),
+    (BASE + "config:\n  new_key: {ignore: x}\nconfig:\n  other_key: {ignore: y}\n",
+     "mapping table is not valid YAML: 'config' is written twice in one mapping (line 6)"),
     (BASE + "dims: [vocab, hidden]\n", "dims: is a list; expected a mapping"),
     (BASE + "generation:\n  top_k: {to: top_k, type: nonneg_int, via: kv_heads}\n", "generation.top_k: unknown word 'via'"),
     (BASE + "model_config:\n  theta: {type: positive_number, fail: 'no'}\n",
@@ -141,7 +145,7 @@ def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
     (BASE + "verify: null\n", "verify: missing (expected a mapping of structural, forward, hf_modules, ms_modules"),
 ], ids=["cycle", "missing-base", "missing-base-file", "unknown-section", "flag-reads-untyped-key", "flag-calls-code",
         "dims-undefined", "check-syntax", "check-untyped", "no-hf-class", "misspelled-header-word",
-        "header-wrong-type", "section-wrong-type", "verb-of-another-section", "fail-without-check",
+        "header-wrong-type", "model-class-not-claimed", "section-twice", "section-wrong-type", "verb-of-another-section", "fail-without-check",
         "template-names-untyped-key", "template-unbalanced", "values-are-scalars", "a-device-missing",
         "unknown-op", "unknown-dtype", "layer-pattern-mismatch", "placeholder-typo", "verify-key-untyped",
         "module-path-syntax", "no-verify-section"])
