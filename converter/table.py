@@ -12,14 +12,14 @@ never a new word in the table.
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import ClassVar, Literal, Union
 
 from . import exprs, ops, typed, value_types
 from .errors import ConvertError
 from .options import DEVICES
-from .typed import UNSET, Invalid, OneOrMore, Unset, empty
+from .typed import UNSET, Invalid, OneOrMore, Record, Unset, empty, record
 
 # A setting, a required value, a default: the table writes scalars only, so a loaded table (shared by
 # every plan of a process) holds nothing anyone could change.
@@ -28,8 +28,8 @@ Scalar = Union[str, int, float, bool, None]
 
 # ---------------------------------------------------------------------------- the header sections
 
-@dataclass(frozen=True)
-class HF:
+@record
+class HF(Record):
     """hf: which HF models this table converts."""
     architectures: tuple[str, ...]
     model_type: str
@@ -42,21 +42,21 @@ class HF:
                           at="model_class")
 
 
-@dataclass(frozen=True)
-class Trainer:
+@record
+class Trainer(Record):
     type: str
     model_name: str
 
 
-@dataclass(frozen=True)
-class Tokenizers:
+@record
+class Tokenizers(Record):
     """MindFormers' tokenizer class by the files a source ships."""
     model: str                # a sentencepiece tokenizer.model
     json: str                 # a tokenizer.json alone
 
 
-@dataclass(frozen=True)
-class MindFormers:
+@record
+class MindFormers(Record):
     """mindformers: the classes, the YAML's file name, and settings written into every YAML."""
     config_class: str
     model_class: str
@@ -78,8 +78,8 @@ class MindFormers:
 
 # ---------------------------------------------------------------------------- keyed entries
 
-@dataclass(frozen=True)
-class Key:
+@record
+class Key(Record):
     """One key of a config file and what happens to it: exactly one verb (the words in VERBS), and
     the type its value must have (value_types.py) when the value is used."""
     VERBS: ClassVar[tuple[str, ...]] = ()
@@ -118,7 +118,7 @@ class Key:
             raise Invalid("says fail: or hint: without check:", "they are the message of a failed check")
 
 
-@dataclass(frozen=True)
+@record
 class ConfigKey(Key):
     """config: a key of HF config.json, both ways."""
     VERBS: ClassVar[tuple[str, ...]] = ("to", "via", "require", "reject", "ignore", "check")
@@ -137,7 +137,7 @@ class ConfigKey(Key):
         return bool(self.to) or self.via is not None or self.check is not None
 
 
-@dataclass(frozen=True)
+@record
 class GenerationKey(Key):
     """generation: a key of HF generation_config.json."""
     VERBS: ClassVar[tuple[str, ...]] = ("to", "ignore")
@@ -149,7 +149,7 @@ class GenerationKey(Key):
         return self.to is not None
 
 
-@dataclass(frozen=True)
+@record
 class ModelConfigKey(Key):
     """model_config: a MindFormers model_config key as it is read back, typed; a check is optional."""
     VERBS: ClassVar[tuple[str, ...]] = ("check",)
@@ -161,21 +161,21 @@ class ModelConfigKey(Key):
 
 # ---------------------------------------------------------------------------- flags and tensors
 
-@dataclass(frozen=True)
-class Flag:
+@record
+class Flag(Record):
     expr: str = field(metadata={"yaml": "is"})    # over the model_config; `hf.KEY` reads config.json
     doc: str = ""
 
 
-@dataclass(frozen=True)
-class HfTensor:
+@record
+class HfTensor(Record):
     name: str                                     # a name pattern; {i} is every decoder layer
     shape: tuple[str | int, ...]                  # symbols of `dims`, or numbers
     when: tuple[str, ...] = ()                    # flags that must all hold ("!flag": must not)
 
 
-@dataclass(frozen=True)
-class TensorRule:
+@record
+class TensorRule(Record):
     """ms_tensors: one MindFormers tensor, made of hf_tensors by a named op (each has an exact inverse)."""
     name: str
     sources: tuple[str, ...] = field(metadata={"yaml": "from"})   # hf_tensors keys, in the op's order
@@ -184,8 +184,8 @@ class TensorRule:
     when: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Skip:
+@record
+class Skip(Record):
     """Source tensors that carry no model weight, per side: reason -> name patterns ({i}, and * for any run)."""
     hf: Mapping[str, tuple[str, ...]] = empty()
     ms: Mapping[str, tuple[str, ...]] = empty()
@@ -200,8 +200,8 @@ class Skip:
 _ATTRIBUTE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-@dataclass(frozen=True)
-class Modules:
+@record
+class Modules(Record):
     """The stages verify runs and compares, as attribute paths from the model object of one side."""
     embedding: str
     layers: str                   # the decoder layers, in order
@@ -215,8 +215,8 @@ class Modules:
                               "write it as in Python, e.g. model.embed_tokens", at=stage)
 
 
-@dataclass(frozen=True)
-class Verify:
+@record
+class Verify(Record):
     structural: tuple[str, ...]   # model_config keys that make two checkpoints different models
     forward: tuple[str, ...]      # model_config keys, besides those, that change what the model computes
     hf_modules: Modules           # of transformers' model_class
@@ -225,8 +225,8 @@ class Verify:
 
 # ---------------------------------------------------------------------------- the table
 
-@dataclass(frozen=True)
-class Table:
+@record
+class Table(Record):
     WORD: ClassVar[str] = "section"
     path: Path                    # the file it was loaded from (set by the loader)
     sha256: str                   # of this file and every table it extends: what a conversion depended on
@@ -242,7 +242,7 @@ class Table:
     model_config: Mapping[str, ModelConfigKey] = empty()
     flags: Mapping[str, Flag] = empty()
     tied_twins: Mapping[str, str] = empty()       # a tied checkpoint's twin -> the tensor it must equal
-    skip: Skip = Skip()
+    skip: Skip = field(default_factory=Skip)
 
 
 def from_data(data: dict, path: Path, sha256: str) -> Table:
