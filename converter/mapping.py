@@ -106,10 +106,10 @@ def _read_chain(path: Path, seen: list[Path]) -> list[tuple[Path, bytes]]:
     `extends: NAME` is a shipped table, wherever the extending table is; `extends: PATH` (ending .yaml
     or .yml, or holding a /) is a file relative to the extending table.
     """
+    raw = read_small(path, "mapping table")  # first: it names a missing file or a symlink loop as such
     real = path.resolve()
     if real in seen:
         raise ConvertError(path, f"extends itself through {' -> '.join(p.name for p in seen)}")
-    raw = read_small(path, "mapping table")
     base = _parsed_yaml(path, raw).get("extends")
     if base is None:
         return [(path, raw)]

@@ -156,6 +156,13 @@ def test_a_table_error_names_the_file_and_the_entry(tmp_path, text, said):
     assert e.value.one_line().startswith(f"{path}: {said}"), e.value.one_line()
 
 
+def test_a_table_path_that_loops_is_bad_input_naming_it(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    with pytest.raises(ConvertError, match="loop.yaml: cannot read mapping table: Too many levels of symbolic links"):
+        load_table(str(loop))
+
+
 def test_a_table_is_frozen_typed_data_that_no_user_can_change():
     table = load_table()
     with pytest.raises(AttributeError):
