@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import exprs
 from .errors import ConvertError
-from .mapping import Table
+from .table import UNSET, ConfigKey, ModelConfigKey, Table
 from .options import HF2MSOptions
 from .value_types import check_fields, show
 
@@ -65,7 +65,7 @@ def _fail(inp: RuleInput, key: str, problem: str, hint: str | None = None) -> Co
 @rule
 def architecture(inp: RuleInput, out: dict, notes: list) -> None:
     archs = inp.hf.get("architectures") or []
-    allowed, model_type = inp.table.hf["architectures"], inp.table.hf["model_type"]
+    allowed, model_type = inp.table.hf.architectures, inp.table.hf.model_type
     if archs and not any(a in allowed for a in archs):
         raise _fail(inp, "architectures", f"{archs} is not converted by table {inp.table.name}",
                     f"table {inp.table.name} converts {', '.join(allowed)}")
@@ -77,8 +77,8 @@ def architecture(inp: RuleInput, out: dict, notes: list) -> None:
 
 @architecture.back
 def _architecture_back(mc: dict, hf: dict, table: Table) -> None:
-    hf["architectures"] = [table.hf["model_class"]]
-    hf["model_type"] = table.hf["model_type"]
+    hf["architectures"] = [table.hf.model_class]
+    hf["model_type"] = table.hf.model_type
 
 
 @rule
@@ -258,37 +258,37 @@ def translate(table: Table, hf: dict, generation: dict | None, options: HF2MSOpt
     inp = RuleInput(hf, options, weights_dtype, where, table)
     out: dict = {}
     result = Translation(out)
-    check_fields(table.config_rules, hf, where)  # before anything uses a value: the rules may trust them
+    check_fields(table.config, hf, where)  # before anything uses a value: the rules may trust them
     # Another architecture's config is foreign to this table as a whole: say so, rather than that one of
     # its keys is unknown (which would suggest editing the table).
     rules = _rule_names(table)
     if "architecture" in rules:
         RULES["architecture"].forward(inp, out, result.notes)
     for key, value in hf.items():
-        spec = table.config_rules.get(key)
+        spec = table.config.get(key)
         if spec is None:
             raise ConvertError(where, f"{key}: unknown config key (value {show(value)})",
                                f"if it changes neither weights nor forward, add it under `config:` in "
                                f"{table.path.name} with `ignore: <reason>`")
-        if "reject" in spec and value not in (None, False, {}, []):
-            raise ConvertError(where, f"{key}: {spec['reject']}")
-        if "require" in spec and value is not None and value != spec["require"]:
-            raise ConvertError(where, f"{key}: {show(value)} is not supported, only {show(spec['require'])}",
+        if spec.reject is not None and value not in (None, False, {}, []):
+            raise ConvertError(where, f"{key}: {spec.reject}")
+        if spec.require is not UNSET and value is not None and value != spec.require:
+            raise ConvertError(where, f"{key}: {show(value)} is not supported, only {show(spec.require)}",
                                f"MindFormers' Llama cannot reproduce this {table.name} model")
-        if "ignore" in spec:
-            result.ignored[key] = spec["ignore"]
-        for target in _as_list(spec.get("to")):
+        if spec.ignore is not None:
+            result.ignored[key] = spec.ignore
+        for target in spec.to:
             out[target] = value
     for name in rules:
         if name != "architecture":
             RULES[name].forward(inp, out, result.notes)
-    out.update(table.mindformers["fixed"])
-    out.update(table.mindformers["device"][options.device])
+    out.update(table.mindformers.fixed)
+    out.update(table.mindformers.device[options.device])
     out["qkv_concat"] = options.qkv_concat
     _apply_defaults(table, out)
-    for key, spec in table.config_rules.items():
-        if "check" in spec:
-            value = hf.get(key) if hf.get(key) is not None else spec.get("default")
+    for key, spec in table.config.items():
+        if spec.check is not None:
+            value = hf.get(key) if hf.get(key) is not None else spec.default
             _check(spec, value, {**out, "hf": hf}, where, key)
     _translate_generation(table, generation or {}, out, result, generation_where)
     return result
@@ -296,23 +296,22 @@ def translate(table: Table, hf: dict, generation: dict | None, options: HF2MSOpt
 
 def _apply_defaults(table: Table, mc: dict) -> None:
     """MindFormers' own default for each model_config key left out, so that flags and checks read a value."""
-    for key, spec in table.model_config_rules.items():
-        if "default" in spec and mc.get(key) is None:
-            mc[key] = spec["default"]
+    for key, spec in table.model_config.items():
+        if spec.default is not None and mc.get(key) is None:
+            mc[key] = spec.default
 
 
-def _check(spec: dict, value, env: dict, where: Path, key: str) -> None:
+def _check(spec: ConfigKey | ModelConfigKey, value, env: dict, where: Path, key: str) -> None:
     """A table `check:` on one value; the table's `fail:` and `hint:` are the message if it does not hold."""
     env = {**env, "value": value}
     try:
-        holds = exprs.evaluate(spec["check"], env)
+        holds = exprs.evaluate(spec.check, env)
     except exprs.ExprError as e:
         raise ConvertError(where, f"{key}: {show(value)} cannot be checked: {e}") from None
     if not holds:
         fill = _Fill(env)
-        problem = spec.get("fail", "{value} does not satisfy " + spec["check"]).format_map(fill)
-        hint = spec.get("hint")
-        raise ConvertError(where, f"{key}: {problem}", hint.format_map(fill) if hint else None)
+        problem = (spec.fail or "{value} does not satisfy " + spec.check.replace("{", "{{").replace("}", "}}")).format_map(fill)
+        raise ConvertError(where, f"{key}: {problem}", spec.hint.format_map(fill) if spec.hint else None)
 
 
 class _Fill(dict):
@@ -326,40 +325,37 @@ class _Fill(dict):
 
 
 def _translate_generation(table: Table, gen: dict, out: dict, result: Translation, where: Path | None) -> None:
-    check_fields(table.generation_rules, gen, where or "generation_config.json")
-    for key, spec in table.generation_rules.items():
+    check_fields(table.generation, gen, where or "generation_config.json")
+    for key, spec in table.generation.items():
         # null is "not set" to HF's GenerationConfig, which then uses its default
         value = gen.get(key)
         if value is None:
-            value = spec.get("default")
-        if "to" in spec and value is not None:
-            out[spec["to"]] = value
+            value = spec.default
+        if spec.to is not None and value is not None:
+            out[spec.to] = value
     out.setdefault("max_decode_length", out["seq_length"])
     for key in gen:
-        spec = table.generation_rules.get(key, {})
-        if "to" not in spec:
-            result.ignored[f"generation_config.{key}"] = spec.get("ignore", "not a MindFormers model setting")
+        spec = table.generation.get(key)
+        if spec is None or spec.to is None:
+            reason = spec.ignore if spec is not None and spec.ignore is not None else "not a MindFormers model setting"
+            result.ignored[f"generation_config.{key}"] = reason
 
 
 def _rule_names(table: Table) -> list[str]:
     names: list[str] = []
-    for spec in table.config_rules.values():
-        if "via" in spec and spec["via"] not in names:
-            if spec["via"] not in RULES:
-                raise ConvertError(table.path, f"config rule {spec['via']!r} does not exist in config_rules.py",
+    for key, spec in table.config.items():
+        if spec.via is not None and spec.via not in names:
+            if spec.via not in RULES:
+                raise ConvertError(table.path, f"config.{key}: via: rule {spec.via!r} does not exist in config_rules.py",
                                    f"rules: {', '.join(RULES)}")
-            names.append(spec["via"])
+            names.append(spec.via)
     return names
-
-
-def _as_list(x) -> list:
-    return [] if x is None else x if isinstance(x, list) else [x]
 
 
 def check_model_config(table: Table, mc: dict, where: Path) -> None:
     """A MindFormers model_config read back: every key the table types, MindFormers' defaults for the
     keys left out, then what MindFormers and the table need of the values (the table's `check:`s)."""
-    check_fields(table.model_config_rules, mc, where, "model_config.")
+    check_fields(table.model_config, mc, where, "model_config.")
     _apply_defaults(table, mc)
     heads, hidden = mc["num_heads"], mc["hidden_size"]
     if hidden % heads:
@@ -367,8 +363,8 @@ def check_model_config(table: Table, mc: dict, where: Path) -> None:
     kv = mc.get("n_kv_heads")
     if kv is not None and heads % kv:
         raise ConvertError(where, f"model_config.n_kv_heads: num_heads={heads} is not divisible by n_kv_heads={kv}")
-    for key, spec in table.model_config_rules.items():
-        if "check" in spec:
+    for key, spec in table.model_config.items():
+        if spec.check is not None:
             _check(spec, mc.get(key), mc, where, f"model_config.{key}")
 
 
@@ -377,15 +373,14 @@ def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None
     backwards: a `to:` key gets its MindFormers value, a `require:` key its one value, a `back:` key
     the value the table gives, a rule's keys what its inverse writes."""
     hf: dict = {}
-    for key, spec in table.config_rules.items():
-        if "to" in spec:
-            target = _as_list(spec["to"])[0]
-            if target in mc:
-                hf[key] = mc[target]
-        elif "require" in spec:
-            hf[key] = spec["require"]
-        if "back" in spec:
-            hf[key] = spec["back"]
+    for key, spec in table.config.items():
+        if spec.to:
+            if spec.to[0] in mc:
+                hf[key] = mc[spec.to[0]]
+        elif spec.require is not UNSET:
+            hf[key] = spec.require
+        if spec.back is not UNSET:
+            hf[key] = spec.back
     for name in _rule_names(table):
         try:
             RULES[name].inverse(mc, hf, table)
@@ -396,7 +391,7 @@ def translate_back(table: Table, mc: dict, where: Path, dtype: str | None = None
     gen = {"bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id")}
     if hf.get("pad_token_id") is not None:
         gen["pad_token_id"] = hf["pad_token_id"]
-    for key, spec in table.generation_rules.items():
-        if "to" in spec and spec["to"] in mc:
-            gen[key] = mc[spec["to"]]
+    for key, spec in table.generation.items():
+        if spec.to is not None and spec.to in mc:
+            gen[key] = mc[spec.to]
     return dict(sorted(hf.items())), gen

@@ -16,7 +16,7 @@ from . import exprs, ops
 from .dtypes import FLOATS
 from .errors import ConvertError
 from .formats.tensor import TensorRef
-from .mapping import Table, holds, layer_name, layer_names, pattern_regex
+from .table import Table, holds, layer_name, layer_names, pattern_regex
 
 Shape = tuple[int, ...]
 
@@ -49,7 +49,7 @@ def flags(table: Table, mc: dict, hf: dict) -> dict[str, bool]:
     """The table's flags for a model: expressions over its model_config, `hf` being its config.json."""
     env = {**mc, "hf": hf}
     try:
-        return {name: bool(exprs.evaluate(spec["is"], env)) for name, spec in table.flags.items()}
+        return {name: bool(exprs.evaluate(flag.expr, env)) for name, flag in table.flags.items()}
     except exprs.ExprError as e:
         raise ConvertError(table.path, f"flags: {e}") from None
 
@@ -57,7 +57,7 @@ def flags(table: Table, mc: dict, hf: dict) -> dict[str, bool]:
 def dims(table: Table, mc: dict) -> dict[str, int]:
     """The table's shape symbols for a (checked) model_config, each able to use the ones before it."""
     env, out = dict(mc), {}
-    for name, expr in table.data["dims"].items():
+    for name, expr in table.dims.items():
         try:
             value = exprs.evaluate(expr, env)
         except exprs.ExprError as e:
@@ -73,14 +73,14 @@ def expand(table: Table, mc: dict, hf: dict) -> Edges:
     fl, dm = flags(table, mc, hf), dims(table, mc)
     ctx = ops.OpContext(mc["num_heads"], mc.get("n_kv_heads") or mc["num_heads"])
     keyed = []
-    for order, rule in enumerate(table.ms_rules):
+    for order, rule in enumerate(table.ms_tensors):
         if not holds(rule.when, fl):
             continue
         specs = [table.hf_tensors[k] for k in rule.sources]
-        hf_shapes = tuple(tuple(dm[d] if isinstance(d, str) else int(d) for d in s["shape"]) for s in specs)
+        hf_shapes = tuple(tuple(dm[d] if isinstance(d, str) else int(d) for d in s.shape) for s in specs)
         ms_shape = tuple(ops.get(rule.op).out_shape(list(hf_shapes), ctx))
         for layer, name in layer_names(rule.name, mc["num_layers"]):
-            edge = Edge(name, ms_shape, tuple(layer_name(s["name"], layer) for s in specs), hf_shapes, rule.op,
+            edge = Edge(name, ms_shape, tuple(layer_name(s.name, layer) for s in specs), hf_shapes, rule.op,
                         rule.dtype, layer)
             keyed.append((-1 if layer is None else layer, order, edge))
     edges = Edges([e for *_, e in sorted(keyed, key=lambda k: k[:2])], fl, dm)
@@ -90,9 +90,9 @@ def expand(table: Table, mc: dict, hf: dict) -> Edges:
 
 def _refuse_unused(table: Table, edges: Edges) -> None:
     """An HF tensor the table expects but no MindFormers rule consumes would be dropped silently."""
-    used = {k for r in table.ms_rules if holds(r.when, edges.flags) for k in r.sources}
-    for key, spec in table.hf_tensors.items():
-        if holds(spec.get("when", ()), edges.flags) and key not in used:
+    used = {k for r in table.ms_tensors if holds(r.when, edges.flags) for k in r.sources}
+    for key, tensor in table.hf_tensors.items():
+        if holds(tensor.when, edges.flags) and key not in used:
             raise ConvertError(table.path, f"hf_tensors.{key} exists for this model but no ms_tensors rule uses it",
                                "add a rule for it, or a `when:` that excludes it")
 
@@ -113,10 +113,10 @@ def account(table: Table, side: str, expected: dict[str, Shape], tensors: dict[s
     maps would silently vanish from the output.
     """
     result = Accounting([{"name": n, "reason": "not a tensor"} for n in non_tensors])
-    skip = [(re.compile(pattern_regex(p)), reason) for p, reason in table.skip(side).items()]
+    skip = [(re.compile(pattern_regex(p)), reason) for p, reason in table.skip.patterns(side).items()]
     twins = {}
     if side == "hf":
-        twins = {table.hf_tensors[a]["name"]: table.hf_tensors[b]["name"] for a, b in table.tied_twins.items()}
+        twins = {table.hf_tensors[a].name: table.hf_tensors[b].name for a, b in table.tied_twins.items()}
     unknown, wrong = [], []
     for name, ref in tensors.items():
         if name in expected:

@@ -23,7 +23,8 @@ from .dtypes import dtype as _dtype
 from .edges import account, expand
 from .errors import ConvertError, printable
 from .formats.files import read_small
-from .mapping import Table, describe_layers, layers_present, select_for_hf, select_for_ms
+from .mapping import select_for_hf, select_for_ms
+from .table import Table, Tokenizers, describe_layers, layers_present
 from .options import HF2MSOptions, MS2HFOptions
 from .paths import resolved
 from .version import __version__
@@ -88,7 +89,7 @@ class Plan:
         device = self.options.device
         out = str(Path(os.path.abspath(out_dir))) if out_dir is not None else "<OUT_DIR>"
         weights = f"{out}/{self.weight_files[0]}" if self.options.format == "ckpt" else out
-        model_config = {"type": mf["config_class"], **self.model_config}
+        model_config = {"type": mf.config_class, **self.model_config}
         if self.options.format == "ckpt":
             # What MindFormers' Trainer.predict() loads when it is given no checkpoint (it clears
             # load_checkpoint then), and what build_network and from_pretrained read; ckpt only, as
@@ -101,12 +102,12 @@ class Plan:
             run["pretrained_model_dir"] = out
         if device == "CPU":
             run["postprocess_use_numpy"] = True
-        run["context"] = dict(mf["context"][device])
-        run["trainer"] = dict(mf["trainer"])
-        run["model"] = {"model_config": model_config, "arch": {"type": mf["model_class"]}}
-        tokenizer = tokenizer_section(self.source.tokenizer_files, mf["tokenizer"], out)
+        run["context"] = dict(mf.context[device])
+        run["trainer"] = {"type": mf.trainer.type, "model_name": mf.trainer.model_name}
+        run["model"] = {"model_config": model_config, "arch": {"type": mf.model_class}}
+        tokenizer = tokenizer_section(self.source.tokenizer_files, mf.tokenizer, out)
         if tokenizer is not None:
-            run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf["processor"]}
+            run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf.processor}
         run["llama_convert"] = {"table": self.table.name, "version": __version__}
         return run
 
@@ -114,7 +115,7 @@ class Plan:
         """The small files execute writes beside the weights, naming OUT_DIR where they must."""
         if self.direction != "hf2ms":
             return dict(self.extra_files)
-        return {**self.extra_files, self.table.yaml_name: yaml_text(self, out_dir)}
+        return {**self.extra_files, self.table.mindformers.yaml: yaml_text(self, out_dir)}
 
     def op_context(self) -> ops.OpContext:
         return ops.OpContext(self.model_config["num_heads"],
@@ -143,7 +144,7 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     mc = translation.model_config
     if options.device == "CPU":
         cpu_settings(options, mc, weights_dtype(source.tensors.values()), translation.notes)
-    refuse_layer_count(source, [spec["name"] for spec in table.hf_tensors.values()], mc["num_layers"],
+    refuse_layer_count(source, [t.name for t in table.hf_tensors.values()], mc["num_layers"],
                        "num_hidden_layers")
     edges = expand(table, mc, source.config)
     seen = account(table, "hf", edges.expected("hf"), source.tensors, [], _where(source), "config.json")
@@ -152,7 +153,7 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
                              tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     assign_shards(plan)
-    plan.extra_files = {table.yaml_name: yaml_text(plan)}
+    plan.extra_files = {table.mindformers.yaml: yaml_text(plan)}
     return plan
 
 
@@ -164,7 +165,7 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     table = table or select_for_ms(source.recorded_table, options.table)
     mc = dict(source.config)
     check_model_config(table, mc, source.config_file)
-    refuse_layer_count(source, [r.name for r in table.ms_rules], mc["num_layers"], "model_config.num_layers")
+    refuse_layer_count(source, [r.name for r in table.ms_tensors], mc["num_layers"], "model_config.num_layers")
     hf_dtype = options.dtype if options.dtype != "keep" else str(mc.get("param_init_type", "float32"))
     hf_config, gen = translate_back(table, mc, source.config_file, None if options.dtype == "keep" else hf_dtype)
     edges = expand(table, mc, hf_config)
@@ -207,7 +208,7 @@ def cpu_settings(options: HF2MSOptions, mc: dict, source_dtype: str, notes: list
                      "MindSpore's CPU build has no ArgMax kernel for generation")
 
 
-def tokenizer_section(files: list[Path], classes: dict, out: str) -> dict | None:
+def tokenizer_section(files: list[Path], classes: Tokenizers, out: str) -> dict | None:
     """MindFormers' tokenizer for the tokenizer files the source ships, or None when it ships none.
 
     A sentencepiece tokenizer.model is read by the slow class; a tokenizer.json alone by the fast one
@@ -216,9 +217,9 @@ def tokenizer_section(files: list[Path], classes: dict, out: str) -> dict | None
     """
     names = {p.name: p for p in files}
     if "tokenizer.model" in names:
-        section = {"type": classes["model"], "vocab_file": f"{out}/tokenizer.model"}
+        section = {"type": classes.model, "vocab_file": f"{out}/tokenizer.model"}
     elif "tokenizer.json" in names:
-        section = {"type": classes["json"], "vocab_file": None, "tokenizer_file": f"{out}/tokenizer.json"}
+        section = {"type": classes.json, "vocab_file": None, "tokenizer_file": f"{out}/tokenizer.json"}
     else:
         return None
     special = {}

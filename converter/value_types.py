@@ -8,7 +8,8 @@ next architecture's table states its own keys' types instead of code doing it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Mapping, Sequence
+from typing import Callable, Protocol
 
 from .errors import ConvertError
 
@@ -151,9 +152,9 @@ TYPES: dict[str, tuple[Callable[[object], str | None], str]] = {
 }
 
 
-def problem(type_names: str | list[str], value: object) -> str | None:
+def problem(type_names: str | Sequence[str], value: object) -> str | None:
     """None if value is of (one of) the named types, else what is wrong, e.g. '"4" is a string; expected ...'."""
-    names = type_names if isinstance(type_names, list) else [type_names]
+    names = [type_names] if isinstance(type_names, str) else list(type_names)
     verdicts = [TYPES[n][0](value) for n in names]
     if None in verdicts:
         return None
@@ -173,35 +174,46 @@ def problem(type_names: str | list[str], value: object) -> str | None:
     return f"{show(value)} is {kind(value)}; expected {expected}"
 
 
-def unknown(type_names: object) -> list[str]:
+def unknown(type_names: Sequence[object]) -> list[str]:
     """The names in a table's `type:` that are not in the closed set (a table error)."""
-    names = type_names if isinstance(type_names, list) else [type_names]
-    return [str(n) for n in names if not isinstance(n, str) or n not in TYPES]
+    return [str(n) for n in type_names if not isinstance(n, str) or n not in TYPES]
 
 
-def check_fields(specs: dict[str, dict], data: dict, where: object, prefix: str = "") -> None:
+class Declared(Protocol):
+    """What a table entry declares about a key's value (table.Key)."""
+    type: tuple[str, ...] | None
+    required: bool
+    nullable: bool
+    fields: Mapping[str, tuple[str, ...]]
+
+
+def check_fields(specs: Mapping[str, Declared], data: dict, where: object, prefix: str = "") -> None:
     """Check every key of data that specs declares a `type:` for; raise ConvertError naming the first bad one.
 
-    A spec may say `required: true` (absent or null is an error), `nullable: true` (null means "not
-    given", as HF reads it), and `fields:` {subkey: type} for the keys of a mapping value.
+    A spec may say `required` (absent or null is an error), `nullable` (null means "not given", as HF
+    reads it), and `fields` {subkey: types} for the keys of a mapping value.
     """
     for key, spec in specs.items():
-        if "type" not in spec:
-            continue
-        name = f"{prefix}{key}"
-        if key not in data or data[key] is None:
-            if spec.get("required"):
-                raise ConvertError(where, f"{name}: {'missing' if key not in data else 'is null'}; "
-                                          f"expected {_expects(spec['type'])}")
-            if key in data and not spec.get("nullable"):
-                raise ConvertError(where, f"{name}: is null; expected {_expects(spec['type'])}")
-            continue
-        value = data[key]
-        bad = problem(spec["type"], value)
-        if bad:
-            raise ConvertError(where, f"{name}: {bad}", _quoted_number_hint(value))
-        if isinstance(value, dict) and spec.get("fields"):
-            check_fields({k: {"type": t} for k, t in spec["fields"].items()}, value, where, f"{name}.")
+        if spec.type is not None:
+            _check(f"{prefix}{key}", spec.type, spec.required, spec.nullable, spec.fields, data, key, where)
+
+
+def _check(name: str, types: Sequence[str], required: bool, nullable: bool, fields: Mapping[str, Sequence[str]],
+           data: dict, key: str, where: object) -> None:
+    if key not in data or data[key] is None:
+        if required:
+            raise ConvertError(where, f"{name}: {'missing' if key not in data else 'is null'}; "
+                                      f"expected {_expects(types)}")
+        if key in data and not nullable:
+            raise ConvertError(where, f"{name}: is null; expected {_expects(types)}")
+        return
+    value = data[key]
+    bad = problem(types, value)
+    if bad:
+        raise ConvertError(where, f"{name}: {bad}", _quoted_number_hint(value))
+    if isinstance(value, dict):
+        for sub, sub_types in fields.items():
+            _check(f"{name}.{sub}", sub_types, False, False, {}, value, sub, where)
 
 
 def _quoted_number_hint(value: object) -> str | None:
@@ -216,6 +228,6 @@ def _quoted_number_hint(value: object) -> str | None:
             "readers (PyYAML, and so MindFormers) take for a string")
 
 
-def _expects(type_names: str | list[str]) -> str:
-    names = type_names if isinstance(type_names, list) else [type_names]
+def _expects(type_names: str | Sequence[str]) -> str:
+    names = [type_names] if isinstance(type_names, str) else type_names
     return " or ".join(TYPES[n][1] for n in names)

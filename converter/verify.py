@@ -187,7 +187,7 @@ class HFSide:
         import transformers
         transformers.logging.set_verbosity_error()
         self.torch = torch
-        model_class = getattr(transformers, table.hf["model_class"])
+        model_class = getattr(transformers, table.hf.model_class)
         try:
             if tensors is None:
                 self.model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
@@ -257,8 +257,8 @@ class MSSide:
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_device(device)
-        config_class = getattr(mindformers.models, table.mindformers["config_class"])
-        model_class = getattr(mindformers.models, table.mindformers["model_class"])
+        config_class = getattr(mindformers.models, table.mindformers.config_class)
+        model_class = getattr(mindformers.models, table.mindformers.model_class)
         logging.getLogger("mindformers").setLevel(logging.WARNING)
         self.ms = ms
         self.dtype = cfg.get("param_init_type", "float32")
@@ -449,7 +449,7 @@ def mindformers_defaults(table: Table) -> dict:
     """LlamaConfig's defaults for the keys a YAML may leave out."""
     import inspect
     mindformers = import_mindformers()
-    config_class = getattr(mindformers.models, table.mindformers["config_class"])
+    config_class = getattr(mindformers.models, table.mindformers.config_class)
     return {k: p.default for k, p in inspect.signature(config_class.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
 

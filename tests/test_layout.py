@@ -14,10 +14,12 @@ LAYERS: list[set[str]] = [
     {"paths", "extras"},                # paths resolved without looping; optional dependencies by extra
     {"progress", "noise"},              # what a person sees: progress, library logs kept quiet
     {"dtypes", "options", "ops", "value_types", "exprs"},
+    {"typed"},                          # YAML data -> frozen dataclasses, by their type hints
     {"formats", "formats.files", "formats.payload"},
     {"formats.tensor"},
     {"formats.safetensors", "formats.ckpt", "formats.torch_bin"},
-    {"mapping"},                        # the tables: found, loaded, checked
+    {"table"},                          # the table language: typed sections, checks a schema cannot make
+    {"mapping"},                        # the tables: found, read with extends:, cached, chosen
     {"edges"},                          # one model's mapping, read both ways
     {"config_rules"},                   # the table's config rules, both ways
     {"checkpoint"},                     # what both readers return

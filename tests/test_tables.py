@@ -2,8 +2,11 @@
 read both ways; the library API keeps the two directions' options apart."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,10 +36,10 @@ def hf_copy(src: Path, tmp: Path, **config) -> Path:
 def test_every_shipped_table_loads_and_claims_its_own_architectures():
     tables = shipped_tables()
     assert {t.name for t in tables} >= {"llama", "qwen2", "mistral"}
-    claimed = [a for t in tables for a in t.hf["architectures"]]
+    claimed = [a for t in tables for a in t.hf.architectures]
     assert len(claimed) == len(set(claimed)), "an architecture is claimed by two tables"
     for t in tables:
-        assert t.hf["model_class"] in t.hf["architectures"], t.name  # ms2hf writes one it would read back
+        assert t.hf.model_class in t.hf.architectures, t.name  # ms2hf writes one it would read back
 
 
 def test_every_config_rule_has_its_inverse():
@@ -89,35 +92,142 @@ def write_table(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-BASE = "extends: llama\nname: child\nhf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
+HEAD = "extends: llama\nname: child\n"
+BASE = HEAD + "hf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
 
 
 def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
     path = write_table(tmp_path, "child", BASE + "config:\n  mlp_bias: null\n  new_key: {ignore: harmless}\n")
     child, base = load_table(str(path)), load_table()
-    assert child.hf["model_type"] == "child" and "mlp_bias" not in child.config_rules
-    assert child.config_rules["new_key"] == {"ignore": "harmless"}
-    assert child.ms_rules == base.ms_rules and child.hf_tensors == base.hf_tensors
+    assert child.hf.model_type == "child" and "mlp_bias" not in child.config
+    assert child.config["new_key"].verb == "ignore" and child.config["new_key"].ignore == "harmless"
+    assert child.ms_tensors == base.ms_tensors and child.hf_tensors == base.hf_tensors
     assert child.sha256 != base.sha256  # a change to either file changes what a conversion depended on
 
 
 @pytest.mark.parametrize("text,said", [
-    ("extends: child\nname: child\n", "extends itself"),
-    ("extends: nowhere\nname: child\n", "extends: 'nowhere': no table nowhere.yaml"),
+    ("extends: child.yaml\nname: child\n", "extends itself"),
+    ("extends: nowhere\nname: child\n", "extends: 'nowhere': no table nowhere.yaml among the shipped tables"),
+    ("extends: ./nowhere.yaml\nname: child\n", "extends: './nowhere.yaml': no table"),
     (BASE + "sections: {}\n", "unknown section 'sections'"),
     (BASE + "flags:\n  tied: {is: 'tie_word_embedings'}\n", "flags.tied: 'tie_word_embedings' reads 'tie_word_embedings'"),
     (BASE + "flags:\n  tied: {is: '__import__(\"os\")'}\n", "flags.tied: '__import__(\"os\")': only len, set, min, max may be called"),
     (BASE + "dims:\n  kv: kv_heads * head_dimension\n", "dims.kv: 'kv_heads * head_dimension' reads 'head_dimension'"),
     (BASE + "config:\n  sliding_window: {check: 'value >>= 1', type: int}\n", "config.sliding_window: 'value >>= 1' is not an expression"),
     (BASE + "config:\n  sliding_window: {check: 'value > 1'}\n", "config.sliding_window: declares no `type:`"),
-    (BASE + "hf: {model_class: null}\n", "hf.model_class: missing"),
-], ids=["cycle", "missing-base", "unknown-section", "flag-reads-untyped-key", "flag-calls-code", "dims-undefined",
-        "check-syntax", "check-untyped", "no-hf-class"])
+    (HEAD + "hf: {model_class: null}\n", "hf.model_class: missing"),
+    (HEAD + "hf: {model_typ: child}\n", "hf: unknown word 'model_typ'"),
+    (HEAD + "hf: {model_class: 7}\n", "hf.model_class: 7 is an integer; expected a string"),
+    (HEAD + "hf: {model_class: OtherForCausalLM}\n", "hf.model_class: 'OtherForCausalLM' is not among architectures"),
+    (BASE + "config:\n  new_key: {ignore: x}\nconfig:\n  other_key: {ignore: y}\n",
+     "mapping table is not valid YAML: 'config' is written twice in one mapping (line 6)"),
+    (BASE + "dims: [vocab, hidden]\n", "dims: is a list; expected a mapping"),
+    (BASE + "generation:\n  top_k: {to: top_k, type: nonneg_int, via: kv_heads}\n", "generation.top_k: unknown word 'via'"),
+    (BASE + "model_config:\n  theta: {type: positive_number, fail: 'no'}\n",
+     "model_config.theta: says fail: or hint: without check:"),
+    (BASE + "config:\n  sliding_window: {check: 'value > 1', type: int, fail: 'over {window}'}\n",
+     "config.sliding_window: fail: {window} is neither {value} nor a typed model_config key"),
+    (BASE + "config:\n  sliding_window: {check: 'value > 1', type: int, fail: 'over {value'}\n",
+     "config.sliding_window: fail: "),
+    (BASE + "config:\n  use_cache: {require: [1], type: bool}\n", "config.use_cache.require: is a list; expected a string, an integer, a number, a boolean or null"),
+    (BASE + "mindformers: {device: {CPU: null}}\n", "mindformers.device: names Ascend"),
+    (BASE + "ms_tensors:\n  - {name: lm_head.weight, from: [embed], op: transpose}\n",
+     "ms_tensors[0] (lm_head.weight): unknown op 'transpose'"),
+    (BASE + "ms_tensors:\n  - {name: lm_head.weight, from: [embed], dtype: half}\n",
+     "ms_tensors[0].dtype: \"half\" is a string; expected one of param, norm"),
+    (BASE + "ms_tensors:\n  - {name: 'model.layers.{i}.embedding', from: [embed]}\n",
+     "ms_tensors[0] (model.layers.{i}.embedding): {i} is in the name of it but not of embed"),
+    (BASE + "hf_tensors:\n  norm: {name: 'model.layers.{layer}.norm.weight', shape: [hidden]}\n",
+     "hf_tensors.norm: 'model.layers.{layer}.norm.weight' holds '{layer}'"),
+    (BASE + "verify: {forward: [theta, rope_theta]}\n", "verify.forward: 'rope_theta' is not a model_config key"),
+    (BASE + "verify: {ms_modules: {final_norm: 'model.norm_out()'}}\n",
+     "verify.ms_modules.final_norm: 'model.norm_out()' is not an attribute path"),
+    (BASE + "verify: null\n", "verify: missing (expected a mapping of structural, forward, hf_modules, ms_modules"),
+], ids=["cycle", "missing-base", "missing-base-file", "unknown-section", "flag-reads-untyped-key", "flag-calls-code",
+        "dims-undefined", "check-syntax", "check-untyped", "no-hf-class", "misspelled-header-word",
+        "header-wrong-type", "model-class-not-claimed", "section-twice", "section-wrong-type", "verb-of-another-section", "fail-without-check",
+        "template-names-untyped-key", "template-unbalanced", "values-are-scalars", "a-device-missing",
+        "unknown-op", "unknown-dtype", "layer-pattern-mismatch", "placeholder-typo", "verify-key-untyped",
+        "module-path-syntax", "no-verify-section"])
 def test_a_table_error_names_the_file_and_the_entry(tmp_path, text, said):
     path = write_table(tmp_path, "child", text)
     with pytest.raises(ConvertError) as e:
         load_table(str(path))
     assert e.value.one_line().startswith(f"{path}: {said}"), e.value.one_line()
+
+
+def test_a_table_path_that_loops_is_bad_input_naming_it(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    with pytest.raises(ConvertError, match="loop.yaml: cannot read mapping table: Too many levels of symbolic links"):
+        load_table(str(loop))
+
+
+def test_a_table_is_frozen_typed_data_that_no_user_can_change():
+    table = load_table()
+    with pytest.raises(AttributeError):
+        table.hf.model_class = "Other"  # frozen dataclasses: assignments raise
+    with pytest.raises(TypeError):
+        table.mindformers.device["CPU"]["use_flash_attention"] = True  # read-only mappings
+    assert isinstance(table.ms_tensors, tuple) and isinstance(table.hf.architectures, tuple)
+
+
+def test_a_table_is_parsed_once_and_an_edited_table_file_is_read_again(tmp_path):
+    assert load_table("qwen2") is load_table("qwen2")
+    path = write_table(tmp_path, "child", BASE)
+    first = load_table(str(path))
+    assert load_table(str(path)) is first
+    # the same length, written at once: a cache keyed by size or mtime would not see it
+    path.write_text(BASE.replace("model_type: child", "model_type: kid__"))
+    assert load_table(str(path)).hf.model_type == "kid__"
+    (tmp_path / "llama.yaml").unlink()  # extends: llama is the shipped table, not a file beside it
+    assert load_table(str(path)).hf_tensors == load_table().hf_tensors
+
+
+def test_the_recorded_sha256_is_of_the_table_files_bytes_base_first():
+    # What conversion.json and bulk's done-records compare: the files, not how they are parsed.
+    llama, qwen2 = ((tables_dir() / f"{n}.yaml").read_bytes() for n in ("llama", "qwen2"))
+    assert load_table("llama").sha256 == hashlib.sha256(llama).hexdigest()
+    assert load_table("qwen2").sha256 == hashlib.sha256(llama + qwen2).hexdigest()
+
+
+def test_verify_facts_are_typed_in_the_table_and_a_family_table_can_change_them(tmp_path):
+    table = load_table()
+    assert table.verify.structural[:2] == ("hidden_size", "num_layers") and "theta" in table.verify.forward
+    assert set(table.verify.structural + table.verify.forward) <= set(table.model_config)
+    assert table.verify.hf_modules.embedding == "model.embed_tokens" and table.verify.ms_modules.final_norm == "model.norm_out"
+    assert table.mindformers.device["CPU"]["use_flash_attention"] is False
+    path = write_table(tmp_path, "child", BASE + "verify:\n  ms_modules: {final_norm: model.final_layernorm}\n")
+    child = load_table(str(path))
+    assert child.verify.ms_modules.final_norm == "model.final_layernorm"
+    assert child.verify.ms_modules.embedding == "model.tok_embeddings" and child.verify.forward == table.verify.forward
+
+
+USER_TABLE = BASE + "config:\n  new_key: {ignore: harmless}\n"
+
+
+def test_a_user_table_extends_a_shipped_table_by_name_from_any_directory(tmp_path):
+    # issue 22: `--table ./my-table.yaml` with `extends: llama` looked for llama.yaml beside it
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables/my-table.yaml").write_text("extends: llama\nname: my-llama\nconfig:\n  new_key: {ignore: harmless}\n")
+    (tmp_path / "elsewhere").mkdir()
+    exe = Path(sys.executable).parent / "llama-convert"
+    for cwd, table in ((tmp_path / "tables", "./my-table.yaml"), (tmp_path / "elsewhere", "../tables/my-table.yaml")):
+        proc = subprocess.run([str(exe), "hf2ms", str(LLAMA), str(tmp_path / "out"), "--table", table, "--dry-run",
+                               "--json"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["model_yaml"]["llama_convert"]["table"] == "my-llama"
+
+
+def test_a_table_extends_a_file_by_its_path_relative_to_itself(tmp_path, monkeypatch):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/family.yaml").write_text(USER_TABLE)
+    (tmp_path / "variant.yaml").write_text("extends: base/family.yaml\nname: variant\n"
+                                           "config:\n  other_key: {ignore: harmless too}\n")
+    monkeypatch.chdir(tmp_path / "base")  # not where the tables are resolved from
+    variant = load_table(str(tmp_path / "variant.yaml"))
+    assert variant.name == "variant" and variant.hf.model_type == "child"
+    assert {"new_key", "other_key"} <= set(variant.config)
 
 
 # ------------------------------------------------------------------ qwen2: the config both ways
