@@ -245,7 +245,7 @@ def test_sources_may_repeat_and_nest_but_nothing_may_overlap_an_output_or_the_re
     from converter.bulk.overlap import MANIFEST, OUT, REPORT, RETRY, SOURCE, Named, conflicts
 
     def at(path: str, kind: str, role: str, where: str | None = None) -> Named:
-        return Named(tuple(path.split("/")), kind, role, path, where)
+        return Named(path.replace("/", "\0"), kind, role, path, where)
     fine = [at("/m/models", SOURCE, "source", "line 1"), at("/m/models", SOURCE, "source", "line 2"),
             at("/m/models/inner", SOURCE, "source", "line 3"), at("/m/models/list.jsonl", MANIFEST, "the manifest"),
             at("/m/r.json", REPORT, "--report"), at("/m/r.json", RETRY, "--retry-failed"),

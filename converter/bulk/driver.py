@@ -2,6 +2,7 @@
 done, admit by memory, hand the rest to an executor, and journal every result as it comes."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -99,6 +100,10 @@ def _carried_rows(path: Path) -> dict[str, dict]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str)
                                              and isinstance(r.get("status"), str) for r in rows):
         raise ConvertError(path, "is not a bulk report: it has no list of rows with an id and a status", hint)
+    try:  # carried into this run's report, which is written with indent (pure-Python json: deep recursion)
+        json.dumps(rows, indent=1)
+    except RecursionError:
+        raise ConvertError(path, f"{what} is nested too deeply to be what it claims", hint) from None
     return {r["id"]: r for r in rows}
 
 

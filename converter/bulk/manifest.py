@@ -50,7 +50,7 @@ MAX_SEQ_LENGTH = 2**31 - 1
 MAX_YAML_DEPTH = 8         # document, jobs, row, value: anything deeper is not a manifest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     where: str                 # "line 4": for messages
     id: str
@@ -83,6 +83,7 @@ def read_manifest(path: Path, cli_defaults: dict | None = None, also: list[tuple
     merged = {**(cli_defaults or {}), **defaults}
     parents: dict[Path, str | None] = {}
     rows = [_row(path, where, values, merged, shape, parents) for where, values, shape in raw]
+    del text, raw   # what was parsed is in the rows now; thousands of rows' worth
     given = [bool(r.id) for r in rows]
     rows = _with_ids(rows)
     problems = _same_ids(rows, given)
@@ -469,10 +470,10 @@ def _same_ids(rows: list[Row], given: list[bool]) -> list[str]:
 
 def _named(manifest: Path, rows: list[Row], also: list[tuple[Path, str, str]]) -> list[Named]:
     resolve = Resolver()
-    named = [Named(resolve.parts(manifest), MANIFEST, "the manifest", str(manifest))]
-    named += [Named(resolve.parts(path), kind, role, str(path)) for path, kind, role in also]
+    named = [Named(resolve.key(manifest), MANIFEST, "the manifest", str(manifest))]
+    named += [Named(resolve.key(path), kind, role, str(path)) for path, kind, role in also]
     for r in rows:
         for path, kind, role in ((r.src, SOURCE, "source"), (r.config, SOURCE, "config"), (r.out, OUT, "out")):
             if path is not None:
-                named.append(Named(resolve.parts(path, keep_last=kind == OUT), kind, role, str(path), r.where))
+                named.append(Named(resolve.key(path, keep_last=kind == OUT), kind, role, str(path), r.where))
     return named
