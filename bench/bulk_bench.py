@@ -28,14 +28,19 @@ from run import CLI, dir_bytes, measure  # noqa: E402  (the same process-tree RS
 MODEL = "llama-3.2-1b"
 
 
-def link_copies(model: Path, work: Path, copies: int) -> list[Path]:
+def link_copies(model: Path, work: Path, copies: int, sub: str = "src", copied: tuple[str, ...] = ()) -> list[Path]:
+    """work/sub/m0, m1, ...: hard links of model's files (the names in `copied` are real copies);
+    made once, reused by later runs."""
     srcs = []
     for i in range(copies):
-        dst = work / "src" / f"m{i}"
+        dst = work / sub / f"m{i}"
         if not dst.exists():
             dst.mkdir(parents=True)
             for f in model.iterdir():
-                os.link(f, dst / f.name)
+                if f.name in copied:
+                    shutil.copyfile(f, dst / f.name)
+                else:
+                    os.link(f, dst / f.name)
         srcs.append(dst)
     return srcs
 

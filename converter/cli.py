@@ -565,7 +565,7 @@ def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
         else:
             for r in plan["rows"]:
                 _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {r['memory_estimate'] / 2**30:.2f} GiB")
-        return
+        sys.exit(plan["exit_code"])
     live = sys.stderr.isatty()
 
     def on_row(k: int, n: int, row: dict) -> None:

@@ -67,8 +67,21 @@ class Plan:
     twins: list[tuple[str, str]] = field(default_factory=list)  # (dropped, must equal this)
     weight_files: list[str] = field(default_factory=list)  # output weight file names, by shard index
     direction: str = "hf2ms"
-    extra_files: dict[str, str] = field(default_factory=dict)  # name -> text (YAML or config.json ...)
+    _extra_files: dict[str, str] | None = None
     weight_metadata: dict[str, str] = field(default_factory=lambda: {"format": "ms"})
+
+    @property
+    def extra_files(self) -> dict[str, str]:
+        """name -> text of the small files beside the weights (the YAML with OUT_DIR as a placeholder, or
+        config.json ...). hf2ms makes its YAML when first asked: dumping it costs more than the rest of the
+        plan, and bulk plans thousands of rows without ever showing one."""
+        if self._extra_files is None:
+            self._extra_files = {self.table.mindformers.yaml: yaml_text(self)} if self.direction == "hf2ms" else {}
+        return self._extra_files
+
+    @extra_files.setter
+    def extra_files(self, files: dict[str, str]) -> None:
+        self._extra_files = files
 
     @property
     def model_config(self) -> dict:
@@ -153,7 +166,6 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
                              tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     assign_shards(plan)
-    plan.extra_files = {table.mindformers.yaml: yaml_text(plan)}
     return plan
 
 

@@ -31,27 +31,7 @@ def by_id(report: dict) -> dict[str, dict]:
     return {r["id"]: r for r in report["rows"]}
 
 
-# ---------------------------------------------------------------- the manifest
-
-
-def test_every_bad_row_is_named_with_its_line_before_anything_runs(tmp_path):
-    src = FIXTURES / "mha-untied-fp32"
-    m = write_manifest(tmp_path / "m.jsonl", [
-        {"src": str(src), "out": "ok"},
-        {"src": str(src), "out": "x1", "dtyp": "float16"},            # unknown key
-        {"src": str(src), "out": "ok"},                               # duplicate out
-        {"src": str(src), "out": str(src / "inside")},                # out inside a source
-        {"src": "no-such-model", "out": "x2"},                        # missing source
-        {"src": str(src), "out": "x3", "dtype": "float8"},            # bad option value
-        {"src": str(src), "out": "x4", "seq_length": 0},              # bad option value
-        {"src": str(src), "out": "x5", "direction": "ms2hf", "qkv_concat": True},  # not an ms2hf option
-    ])
-    err = refused(run_cli("bulk", m), "m.jsonl", "line 3: unknown key 'dtyp'", "line 4: out", "also the out of line 2",
-                  "line 5: out", "inside its own source", "line 6: source no-such-model does not exist",
-                  "line 7: dtype='float8'", "line 8: seq_length must be at least 1",
-                  "line 9: qkv_concat is not an option of ms2hf", "nothing was run")
-    assert "line 2:" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]  # no output, no report, no journal
+# ---------------------------------------------------------------- the manifest (and tests/test_bulk_manifest.py)
 
 
 def test_csv_and_yaml_manifests_say_the_same_as_jsonl_and_rows_beat_defaults_beat_the_command_line(tmp_path):

@@ -29,8 +29,10 @@ LAYERS: list[set[str]] = [
     {"report"},                         # what was done, conversion.json included
     {"execute"},                        # payloads, writers, orchestration
     {"compare", "verify"},              # read and check through the mapping
+    {"bulk.overlap"},                   # bulk: which paths of a run nest
     {"bulk", "bulk.manifest", "bulk.memory", "bulk.journal", "bulk.runner", "bulk.sources"},  # bulk: parts
     {"bulk.done", "bulk.local", "bulk.ray_exec"},  # bulk: the done-check, the executors
+    {"bulk.planner"},                   # bulk: rows' plans, shared between identical sources
     {"bulk.driver"},                    # bulk: one run, start to end
     {"cli", "__init__"},
 ]

@@ -6,7 +6,9 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable
 
-from .runner import Task, run_row, terminate_all
+from .runner import Task, accept_runners, run_row, terminate_all
+
+SIGNAL_POLL = 0.2   # seconds
 
 
 def run_local(tasks: list[Task], jobs: int, budget: int, retries: int, timeout: float | None,
@@ -15,6 +17,7 @@ def run_local(tasks: list[Task], jobs: int, budget: int, retries: int, timeout: 
     """Run every task; `finished` hears each one's final result, `retrying` each attempt that is tried
     again. Every task fits the budget on its own (the driver fails the others before)."""
     pending, running, used = deque(tasks), {}, 0
+    accept_runners()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bulk-row")
     try:
         while pending or running:
@@ -23,10 +26,12 @@ def run_local(tasks: list[Task], jobs: int, budget: int, retries: int, timeout: 
                 task = pending.popleft()
                 task.attempts += 1
                 used += task.memory
-                running[pool.submit(run_row, task.spec, timeout)] = task
-                if started:
+                if started:  # before the runner exists: a driver stopped in between calls the row interrupted
                     started(task)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+                running[pool.submit(run_row, task.spec, timeout)] = task
+            # With a timeout: a signal that the kernel hands to a worker thread does not wake a main thread
+            # blocked without one, and Ctrl-C would wait for a row to finish.
+            done, _ = wait(running, timeout=SIGNAL_POLL, return_when=FIRST_COMPLETED)
             for future in done:
                 task = running.pop(future)
                 used -= task.memory

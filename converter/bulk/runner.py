@@ -32,6 +32,7 @@ _TRANSIENT = ("Input/output error", "Stale file handle", "Resource temporarily u
 TERM_GRACE = 10.0
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()
+_stopping = threading.Event()   # set by terminate_all
 
 
 @dataclass
@@ -44,11 +45,18 @@ class Task:
 
 
 def terminate_all() -> None:
-    """SIGTERM every runner this process started that is still running (the driver is stopping)."""
+    """SIGTERM every runner this process started that is still running, and any being started now (the
+    driver is stopping)."""
     with _live_lock:
+        _stopping.set()
         for proc in list(_live):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+
+
+def accept_runners() -> None:
+    """A new run of this process may start runners again."""
+    _stopping.clear()
 
 
 def cli() -> list[str]:
@@ -65,6 +73,8 @@ def _run(args: list[str], timeout: float | None) -> tuple[int | None, str, str, 
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         with _live_lock:
             _live.add(proc)
+            if _stopping.is_set():  # the driver stopped while this runner was being started
+                proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
