@@ -277,35 +277,33 @@ def inspect(path: Path, as_json: bool) -> None:
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
-              help="Largest difference still called equal: a finite number >= 0 (inf and nan are refused: "
-                   "they would call any two checkpoints equal).")
+              help="Largest difference between two finite elements still called equal: a finite number >= 0 "
+                   "(inf and nan are refused: they would call any two checkpoints equal). NaN and infinities "
+                   "must match bit for bit whatever --atol says.")
+@click.option("--strict-dtype", is_flag=True,
+              help="A dtype difference is a difference (byte identity); by default an exact widening, such as "
+                   "bfloat16 stored as float32, compares by value.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_verbosity
-def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
+def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> None:
     """Compare two checkpoints of either side through the mapping table.
 
     A MindSpore directory is read as the HF tensors it maps back to (fused tensors split), so
-    a HF model and its conversion compare name by name. Reports names missing on either side,
-    shape and dtype differences, and the largest absolute difference per tensor.
+    a HF model and its conversion compare name by name. Tensors compare by value after exact
+    widening: with --atol 0 (the default) every element must be bit-identical (-0 and +0
+    differ, NaNs must match bit for bit). Reports names missing on either side, shape
+    differences, and per tensor how many elements differ, the largest difference and the
+    first NaN or infinity that does not match.
 
     Exit status: 0 the same, 1 they differ, 2 bad input.
     """
     import converter as api
-    r = api.diff_checkpoints(a, b, atol)
+    from .compare import diff_text
+    r = api.diff_checkpoints(a, b, atol, strict_dtype)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     elif not _quiet():
-        click.echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
-        for n in r["only_in_a"]:
-            click.echo(f"  only in A: {n}")
-        for n in r["only_in_b"]:
-            click.echo(f"  only in B: {n}")
-        for row in r["tensors"]:
-            off = row["max_abs_diff"] is None or row["max_abs_diff"] > atol or row["dtype_a"] != row["dtype_b"]
-            if off:
-                click.echo(f"  {row['name']}: shape {row['shape_a']} vs {row['shape_b']}, dtype {row['dtype_a']} vs "
-                           f"{row['dtype_b']}, max_abs_diff {row['max_abs_diff']}")
-        click.echo(f"  {len(r['tensors'])} tensors compared")
+        click.echo(diff_text(r))
     sys.exit(0 if r["same"] else 1)
 
 
