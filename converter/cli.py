@@ -327,7 +327,8 @@ def _ids(ctx, param, value):
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Rows of seeded tokens.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens per row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token batch.")
-@click.option("--layers", is_flag=True, help="Compare hidden states place by place even when logits agree.")
+@click.option("--layers", is_flag=True,
+              help="Show the place-by-place table (every place is compared and in --json anyway) even when all agree.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also greedy-decode N tokens on both sides and compare the sequences (whole-model mode "
                    "only: refused with --stream).")
@@ -350,11 +351,13 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     \b
     Runs transformers' class for the architecture (LlamaForCausalLM, Qwen2ForCausalLM, ...;
     float32, CPU) and MindFormers' LlamaForCausalLM (built from MS_DIR/llama_config.yaml,
-    checkpoint loaded strictly) on the same seeded tokens and compares logits. On failure, or
-    with --layers, names the first place (embedding, layer.N, final_norm, lm_head) where hidden
-    states part. --seq-len is capped at the YAML's seq_length, the longest input the model was
-    converted for. The configs are compared too: each forward-pass key of MS_DIR's model_config
-    that differs from HF_DIR's config translated through the table fails verify, by name.
+    checkpoint loaded strictly) on the same seeded tokens. At every place (embedding, layer.N,
+    final_norm, the logits as lm_head) MindSpore's distance from HF run in float64 must stay within
+    8 x HF float32's own (its rounding noise on this model and batch); a NaN or infinity on either
+    side fails. The first place that fails is named. --seq-len is capped at the YAML's seq_length,
+    the longest input the model was converted for. The configs are compared too: each forward-pass
+    key of MS_DIR's model_config that differs from HF_DIR's config translated through the table
+    fails verify, by name.
 
     \b
     Streamed mode (--stream, or automatic when the whole models would not fit in memory) runs

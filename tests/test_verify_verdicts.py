@@ -130,7 +130,7 @@ def test_the_json_report_of_a_nan_is_valid_json_with_nan_written_as_a_string(tmp
     assert report["max_abs_diff"] == "nan" and report["logits_distance"] is None
     assert report["nonfinite"]["place"] == "final_norm" and report["nonfinite"]["mindspore"]["nan"] == 2 * SEQ
     text = run_cli("verify", hf, ms, "--seq-len", str(SEQ)).stdout
-    assert "final_norm: MindSpore computes 32 NAN; first at batch 0, token 0, index 5, where HF is finite" in text
+    assert "final_norm: MindSpore computes 32 NaN; first at batch 0, token 0, index 5, where HF is finite" in text
 
 
 # ------------------------------------------------------------------ the tolerance scales with the model

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from .config_parity import config_differences, mindformers_defaults
 from .gate import seeded_tokens, verify
+from .hf_side import HFSide
 from .memory import streamed_estimate, whole_model_estimate
+from .ms_side import MSSide
 from .options import NOISE_FACTOR, VerifyOptions
 from .report import VerifyReport, sanitize
 from .same_model import refuse_different_models
 from .text import report_text
 
-__all__ = ["NOISE_FACTOR", "VerifyOptions", "VerifyReport", "config_differences", "mindformers_defaults",
+__all__ = ["HFSide", "MSSide", "NOISE_FACTOR", "VerifyOptions", "VerifyReport", "config_differences", "mindformers_defaults",
            "refuse_different_models", "report_text", "sanitize", "seeded_tokens", "streamed_estimate", "verify",
            "whole_model_estimate"]

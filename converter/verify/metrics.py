@@ -26,7 +26,7 @@ def same_non_finite(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def describe(c: dict) -> str:
-    counts = ", ".join(f"{c[k]} {k.upper() if k == 'nan' else k}" for k in KINDS if c[k])
+    counts = ", ".join(f"{c[k]} {'NaN' if k == 'nan' else k}" for k in KINDS if c[k])
     b, t, *i = c["first"]
     return f"{counts}; first at batch {b}, token {t}" + (f", index {i[0]}" if i else "")
 

@@ -1,12 +1,13 @@
 """The verify report for a person: the verdict, the rule and its numbers, then what failed and where."""
 from __future__ import annotations
 
-from .metrics import describe
 from .report import VerifyReport
 
 
 def _num(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    """x formatted by spec, or "-" (not computed: a place that is not finite) in the same width."""
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return format(x, spec) if x is not None else format("-", f">{width or 1}")
 
 
 def report_text(r: VerifyReport) -> str:
@@ -39,11 +40,6 @@ def report_text(r: VerifyReport) -> str:
                 mark = "  <-- not finite"
             lines.append(f"  {row['place']:<16}{_num(row['distance'], '12.3e')}{_num(row['noise'], '12.3e')}"
                          f"{_num(row['ratio'], '10.2f')}{_num(row['max_abs_diff'], '12.3e')}{mark}")
-    if r.nonfinite:
-        nf = r.nonfinite
-        for side, key in (("MindSpore", "mindspore"), ("HF", "hf")):
-            if nf[key]:
-                lines.append(f"  {side} at {nf['place']}: {describe(nf[key])}")
     if r.first_divergent_layer:
         lines += ["", f"  first divergence: {r.first_divergent_layer}"]
     if r.generated_match is not None:
