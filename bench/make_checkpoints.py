@@ -4,7 +4,8 @@
 
 Values are random (seeded), shapes and file layout are those of the real models: Llama-3.2-1B is
 bf16, tied, in 3 safetensors shards (2.3 GiB); Llama-3.2-3B is bf16, tied; Llama-3.1-8B (only when
-asked for: 15 GiB) is bf16, untied, in 4 shards. A model already in the cache is left alone.
+asked for: 15 GiB) is bf16, untied, in 4 shards. NAME-x16 is NAME with a trained model's logits (see
+TRAINED_LOGITS). A model already in the cache is left alone.
 """
 from __future__ import annotations
 
@@ -52,22 +53,37 @@ def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     return out if c["tie_word_embeddings"] else out + [("lm_head.weight", (c["vocab_size"], h))]
 
 
+# NAME-x16: the same seeded values with the embedding and the lm_head scaled by 16, so that logits have
+# a trained model's size (std ~14 on the 1B shape, ~1 without) and verify's tolerance is tested where
+# a fixed one cried wolf.
+TRAINED_LOGITS = "-x16"
+ALL_NAMES = list(MODELS) + [n + TRAINED_LOGITS for n in MODELS]
+
+
 def make(name: str, cache: Path) -> Path:
     out = cache / name
     if (out / "config.json").exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    spec = dict(MODELS[name])
+    spec = dict(MODELS[name.removesuffix(TRAINED_LOGITS)])
     shards = spec.pop("shards")
+    return write_checkpoint(out, spec, shards, 16.0 if name.endswith(TRAINED_LOGITS) else 1.0)
+
+
+def write_checkpoint(out: Path, spec: dict, shards: int, logits_scale: float = 1.0, seed: int = 0) -> Path:
+    """A seeded bf16 checkpoint of config `spec` in `shards` safetensors files, the embedding and
+    lm_head scaled by logits_scale."""
+    out.mkdir(parents=True, exist_ok=True)
     shapes = tensor_shapes(spec)
     total = sum(math.prod(s) * 2 for _, s in shapes)
-    per_shard, gen = total / shards, torch.Generator().manual_seed(0)
+    per_shard, gen = total / shards, torch.Generator().manual_seed(seed)
     weight_map, shard, batch, used = {}, 1, {}, 0
     names = [f"model-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1)]
     for i, (tname, shape) in enumerate(shapes):
         t = torch.randn(shape, generator=gen, dtype=torch.float32)
-        t = (1.0 + 0.1 * t if tname.endswith("norm.weight") else 0.02 * t).to(torch.bfloat16)
-        batch[tname] = t
+        t = 1.0 + 0.1 * t if tname.endswith("norm.weight") else 0.02 * t
+        if tname in ("model.embed_tokens.weight", "lm_head.weight"):
+            t = t * logits_scale
+        batch[tname] = t.to(torch.bfloat16)
         used += t.numel() * 2
         weight_map[tname] = names[shard - 1]
         last = i == len(shapes) - 1
@@ -78,14 +94,15 @@ def make(name: str, cache: Path) -> Path:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (out / "config.json").write_text(json.dumps(spec, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 128000, "eos_token_id": 128001, "do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+        {"bos_token_id": spec["bos_token_id"], "eos_token_id": spec["eos_token_id"], "do_sample": True,
+         "temperature": 0.6, "top_p": 0.9}))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=ALL_NAMES)
     args = ap.parse_args()
     for name in args.models:
         path = make(name, args.cache)

@@ -54,7 +54,7 @@ def whole_estimate(src: Path) -> int:
 
 
 def available() -> int:
-    from converter.verify import available_memory
+    from converter.machine import available_memory
     return available_memory()
 
 

@@ -75,10 +75,11 @@ def inspect_checkpoint(path: str | Path) -> dict:
     return inspect(Path(path))
 
 
-def diff_checkpoints(a: str | Path, b: str | Path, atol: float = 0.0) -> dict:
-    """Two checkpoints of either side compared name by name through their mapping tables."""
+def diff_checkpoints(a: str | Path, b: str | Path, atol: float = 0.0, strict_dtype: bool = False) -> dict:
+    """Two checkpoints of either side compared name by name through their mapping tables, by value
+    after exact widening (see compare.py for what "the same" means; strict_dtype: byte identity)."""
     from .compare import diff
-    return diff(Path(a), Path(b), atol)
+    return diff(Path(a), Path(b), atol, strict_dtype)
 
 
 def plan_bulk(manifest: str | Path, options=None) -> dict:

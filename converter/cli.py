@@ -386,35 +386,33 @@ def inspect(path: Path, as_json: bool) -> None:
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
-              help="Largest difference still called equal: a finite number >= 0 (inf and nan are refused: "
-                   "they would call any two checkpoints equal).")
+              help="Largest difference between two finite elements still called equal: a finite number >= 0 "
+                   "(inf and nan are refused: they would call any two checkpoints equal). NaN and infinities "
+                   "must match bit for bit whatever --atol says.")
+@click.option("--strict-dtype", is_flag=True,
+              help="A dtype difference is a difference (byte identity); by default an exact widening, such as "
+                   "bfloat16 stored as float32, compares by value.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_verbosity
-def diff(a: Path, b: Path, atol: float, as_json: bool) -> None:
+def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> None:
     """Compare two checkpoints of either side through the mapping table.
 
     A MindSpore directory is read as the HF tensors it maps back to (fused tensors split), so
-    a HF model and its conversion compare name by name. Reports names missing on either side,
-    shape and dtype differences, and the largest absolute difference per tensor.
+    a HF model and its conversion compare name by name. Tensors compare by value after exact
+    widening: with --atol 0 (the default) every element must be bit-identical (-0 and +0
+    differ, NaNs must match bit for bit). Reports names missing on either side, shape
+    differences, and per tensor how many elements differ, the largest difference and the
+    first NaN or infinity that does not match.
 
     Exit status: 0 the same, 1 they differ, 2 bad input.
     """
     import converter as api
-    r = api.diff_checkpoints(a, b, atol)
+    from .compare import diff_text
+    r = api.diff_checkpoints(a, b, atol, strict_dtype)
     if as_json:
         _echo(json.dumps(r, indent=2))
     elif not _quiet():
-        _echo(f"diff {r['a']} ({r['side_a']}) vs {r['b']} ({r['side_b']}): {'same' if r['same'] else 'DIFFERENT'}")
-        for n in r["only_in_a"]:
-            _echo(f"  only in A: {n}")
-        for n in r["only_in_b"]:
-            _echo(f"  only in B: {n}")
-        for row in r["tensors"]:
-            off = row["max_abs_diff"] is None or row["max_abs_diff"] > atol or row["dtype_a"] != row["dtype_b"]
-            if off:
-                _echo(f"  {row['name']}: shape {row['shape_a']} vs {row['shape_b']}, dtype {row['dtype_a']} vs "
-                           f"{row['dtype_b']}, max_abs_diff {row['max_abs_diff']}")
-        _echo(f"  {len(r['tensors'])} tensors compared")
+        _echo(diff_text(r))
     sys.exit(0 if r["same"] else 1)
 
 
@@ -438,7 +436,8 @@ def _ids(ctx, param, value):
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Rows of seeded tokens.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens per row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token batch.")
-@click.option("--layers", is_flag=True, help="Compare hidden states place by place even when logits agree.")
+@click.option("--layers", is_flag=True,
+              help="Show the place-by-place table (every place is compared and in --json anyway) even when all agree.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also greedy-decode N tokens on both sides and compare the sequences (whole-model mode "
                    "only: refused with --stream).")
@@ -461,11 +460,13 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     \b
     Runs transformers' class for the architecture (LlamaForCausalLM, Qwen2ForCausalLM, ...;
     float32, CPU) and MindFormers' LlamaForCausalLM (built from MS_DIR/llama_config.yaml,
-    checkpoint loaded strictly) on the same seeded tokens and compares logits. On failure, or
-    with --layers, names the first place (embedding, layer.N, final_norm, lm_head) where hidden
-    states part. --seq-len is capped at the YAML's seq_length, the longest input the model was
-    converted for. The configs are compared too: each forward-pass key of MS_DIR's model_config
-    that differs from HF_DIR's config translated through the table fails verify, by name.
+    checkpoint loaded strictly) on the same seeded tokens. At every place (embedding, layer.N,
+    final_norm, the logits as lm_head) MindSpore's distance from HF run in float64 must stay within
+    8 x HF float32's own (its rounding noise on this model and batch); a NaN or infinity on either
+    side fails. The first place that fails is named. --seq-len is capped at the YAML's seq_length,
+    the longest input the model was converted for. The configs are compared too: each forward-pass
+    key of MS_DIR's model_config that differs from HF_DIR's config translated through the table
+    fails verify, by name.
 
     \b
     Streamed mode (--stream, or automatic when the whole models would not fit in memory) runs

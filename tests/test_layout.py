@@ -28,7 +28,14 @@ LAYERS: list[set[str]] = [
     {"outdir", "hashing"},              # the out-dir transaction, sha256 of files
     {"report"},                         # what was done, conversion.json included
     {"execute"},                        # payloads, writers, orchestration
-    {"compare", "verify"},              # read and check through the mapping
+    {"compare"},                        # read and compare checkpoints through the mapping
+    {"verify.facts", "verify.options", "verify.memory"},          # verify: what it knows, is asked, holds
+    {"verify.metrics", "verify.report", "verify.stages"},         # verify: numbers, record, stage hooks
+    {"verify.reference", "verify.same_model"},                    # verify: float64 run, same-model check
+    {"verify.hf_side", "verify.ms_side"},                         # verify: the two sides
+    {"verify.config_parity", "verify.text"},                      # verify: configs, the text report
+    {"verify.gate"},                                              # verify: one run, one verdict
+    {"verify"},                                                   # verify: its front door
     {"bulk.overlap"},                   # bulk: which paths of a run nest
     {"bulk", "bulk.manifest", "bulk.memory", "bulk.journal", "bulk.runner", "bulk.sources"},  # bulk: parts
     {"bulk.done", "bulk.local", "bulk.ray_exec"},  # bulk: the done-check, the executors

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
 from converter import HF2MSOptions, convert_hf2ms
-from converter.verify import VerifyOptions, verify
+from converter.verify import NOISE_FACTOR, VerifyOptions, verify
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
 
@@ -23,7 +23,8 @@ def test_converted_model_matches_hf(ms, tmp_path, src, fmt, qkv, untie):
     convert_hf2ms(src, out, HF2MSOptions(format=fmt, qkv_concat=qkv, untie=untie))
     r = verify(src, out, VerifyOptions(seq_len=48))
     assert r.passed, r.failures
-    assert r.max_abs_diff <= 1e-4 and r.top1_agreement == 1.0 and r.first_divergent_layer is None
+    assert r.top1_agreement == 1.0 and r.first_divergent_layer is None and r.nonfinite is None
+    assert all(row["ratio"] <= NOISE_FACTOR for row in r.layers) and r.logits_ratio == r.layers[-1]["ratio"]
 
 
 # ------------------------------------------------------------------ the gate fails, and says where
@@ -102,6 +103,15 @@ def test_norm_weight_off_by_1e_2_is_located(ms, tmp_path, norm, where, stream):
     assert fails_at(GQA, out, stream) == where
 
 
+@pytest.mark.parametrize("weight, where, stream", [("model.layers.0.attention.wv.weight", "layer.0", False),
+                                                   ("model.layers.1.feed_forward.w2.weight", "layer.1", True)],
+                         ids=["whole", "streamed"])
+def test_one_weight_scaled_by_1_percent_is_located(ms, tmp_path, weight, where, stream):
+    out = converted(tmp_path, qkv=False)
+    rewrite(ms, out, lambda a: a.update({weight: a[weight] * np.float32(1.01)}))
+    assert fails_at(GQA, out, stream) == where
+
+
 @MODES
 def test_lm_head_off_by_1e_2_is_located(ms, tmp_path, stream):
     out = converted(tmp_path, qkv=False)
@@ -177,6 +187,7 @@ def test_streamed_and_whole_model_verify_agree(ms, tmp_path, src):
     assert [row["place"] for row in whole.layers] == [row["place"] for row in streamed.layers]
     for a, b in zip(whole.layers, streamed.layers):
         assert abs(a["rel_diff"] - b["rel_diff"]) <= 1e-6, a["place"]
+        assert abs(a["distance"] - b["distance"]) <= 1e-9 and abs(a["noise"] - b["noise"]) <= 1e-9, a["place"]
 
 
 def test_streamed_verify_reports_each_stage_as_it_finishes(tmp_path):
@@ -249,10 +260,14 @@ def test_verify_json_has_the_promised_fields(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     for key in ("passed", "max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "kl_max",
-                "first_divergent_layer", "device", "dtype", "tolerances"):
+                "first_divergent_layer", "device", "dtype", "tolerances", "logits_distance", "logits_noise",
+                "logits_ratio", "nonfinite", "reference_seconds"):
         assert key in report
-    assert report["first_divergent_layer"] is None and report["device"] == "CPU"
-    assert [row["place"] for row in report["layers"]] == ["embedding", "layer.0", "layer.1", "final_norm"]
+    assert report["first_divergent_layer"] is None and report["device"] == "CPU" and report["nonfinite"] is None
+    assert report["tolerances"]["rule"] == "noise_ratio" and report["tolerances"]["factor"] == NOISE_FACTOR
+    assert [row["place"] for row in report["layers"]] == ["embedding", "layer.0", "layer.1", "final_norm", "lm_head"]
+    for row in report["layers"]:
+        assert {"distance", "noise", "ratio", "ok", "nonfinite"} <= set(row) and row["ok"] is True
 
 
 def test_verify_text_report_is_a_table(tmp_path):
@@ -261,6 +276,7 @@ def test_verify_text_report_is_a_table(tmp_path):
     proc = run_cli("verify", FIXTURES / "mha-untied-fp32", out)
     assert proc.returncode == 0 and proc.stdout.startswith("verify: PASS")
     assert "max_abs_diff" in proc.stdout and "kl_max" in proc.stdout
+    assert f"<= {NOISE_FACTOR:g} x the noise" in proc.stdout and "ratio" in proc.stdout
 
 
 def test_hf2ms_verify_converts_then_proves(tmp_path):

@@ -2,29 +2,23 @@
 
 Estimates come from the plan (headers only). A conversion streams: its process holds the runtime and a
 few tensors. Bulk runs verify streamed (`verify --stream`: the same verdicts as whole-model mode, tested,
-and faster): it holds the two runtimes and one stage of each side, the largest being the embedding or
-lm_head in float32, read, widened and handed to the framework (measured peaks: 3.7 GiB on the 1B shape,
-7.3 GiB on the 8B shape; bench/verify_bench.py). A whole-model verify would need 16 bytes a parameter,
-which rules out the 8B-70B models bulk is for.
+and faster), whose footprint verify itself estimates (verify.memory: the runtimes and its largest stage).
+A whole-model verify would need 16 bytes a parameter, which rules out the 8B-70B models bulk is for.
 """
 from __future__ import annotations
 
-import math
-
 from ..machine import available_memory
+from ..verify.memory import streamed_estimate
 
 GiB = 2**30
 CONVERT_RUNTIME = 384 * 2**20      # python, numpy, click, the readers, hash buffers
-VERIFY_RUNTIMES = 3 * GiB // 2     # an allowance for torch + transformers + MindSpore + MindFormers
-VERIFY_STAGE_COPIES = 3            # of the largest tensor in float32: its read, its widening, the framework's
 BUDGET_SHARE = 0.75                # of available memory: the page cache and the driver need the rest
 
 
 def estimate(plan, phase: str) -> int:
     """Bytes a `convert` or `verify` phase of this plan holds at its peak."""
     if phase == "verify":
-        largest = max((math.prod(t.shape) for t in plan.tensors), default=0)
-        return VERIFY_STAGE_COPIES * 4 * largest + VERIFY_RUNTIMES
+        return streamed_estimate({t.name: t.shape for t in plan.tensors})
     largest = max((t.nbytes for t in plan.tensors), default=0)
     # A fused or cast tensor may be built in memory from its sources (pickled .bin, no placement): a few copies.
     return CONVERT_RUNTIME + 3 * largest
