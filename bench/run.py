@@ -59,7 +59,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def largest_output_tensor(src: Path) -> int:
-    from converter import HF2MSOptions, plan_hf2ms
+    from llama_convert import HF2MSOptions, plan_hf2ms
     return max(t.nbytes for t in plan_hf2ms(src, HF2MSOptions(qkv_concat=True)).tensors)
 
 

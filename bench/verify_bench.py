@@ -48,13 +48,13 @@ def converted(src: Path, out: Path) -> tuple[Path, dict | None]:
 
 
 def whole_estimate(src: Path) -> int:
-    from converter.hf_source import open_hf_dir
-    from converter.verify import whole_model_estimate
+    from llama_convert.sources.hf import open_hf_dir
+    from llama_convert.verify import whole_model_estimate
     return whole_model_estimate(open_hf_dir(src).tensors)
 
 
 def available() -> int:
-    from converter.machine import available_memory
+    from llama_convert.core.machine import available_memory
     return available_memory()
 
 

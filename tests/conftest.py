@@ -33,7 +33,7 @@ def _converts_as_it_is(src: Path) -> bool:
     """Real checkpoints of other architectures join every end-to-end test when a table converts them with
     default options. The others (InternLM2: no table; Mistral with a 4-token window: --seq-length 4) have
     their own tests, which also pin down why they are left out here."""
-    from converter import ConvertError, plan_hf2ms
+    from llama_convert import ConvertError, plan_hf2ms
     try:
         plan_hf2ms(src)
     except ConvertError:

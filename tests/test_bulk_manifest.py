@@ -234,7 +234,7 @@ def test_rows_whose_sources_are_the_same_files_are_planned_once(tmp_path):
         (copied / f.name).write_bytes(f.read_bytes())
     m = write_manifest(tmp_path / "m.jsonl", [{"src": str(s), "out": f"ms/{s.name}"} for s in [*srcs, copied]] +
                        [{"src": str(srcs[0]), "out": "ms/st", "format": "safetensors"}])
-    from converter import BulkOptions, plan_bulk
+    from llama_convert import BulkOptions, plan_bulk
     plan = plan_bulk(m, BulkOptions())
     assert plan["plans"] == {"built": 3, "shared": 19}   # the links, the copy, other options
     assert {r["memory_estimate"] for r in plan["rows"][:21]} == {plan["rows"][0]["memory_estimate"]}
@@ -242,7 +242,7 @@ def test_rows_whose_sources_are_the_same_files_are_planned_once(tmp_path):
 
 
 def test_sources_may_repeat_and_nest_but_nothing_may_overlap_an_output_or_the_report():
-    from converter.bulk.overlap import MANIFEST, OUT, REPORT, RETRY, SOURCE, Named, conflicts
+    from llama_convert.bulk.overlap import MANIFEST, OUT, REPORT, RETRY, SOURCE, Named, conflicts
 
     def at(path: str, kind: str, role: str, where: str | None = None) -> Named:
         return Named(path.replace("/", "\0"), kind, role, path, where)

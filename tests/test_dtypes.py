@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES
-from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf
-from converter.dtypes import cast, cast_bytes, widen
+from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf
+from llama_convert.core.dtypes import cast, cast_bytes, widen
 
 EVERY_16_BITS = np.arange(1 << 16, dtype=np.uint16)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, make_hub_cache, refused, run_cli, tree_hash, without_progress
-from converter import ConvertError, convert_hf2ms
-from converter.outdir import RECORD_KEYS, OutDirLock, rename_noreplace
-from converter.progress import Progress
+from llama_convert import ConvertError, convert_hf2ms
+from llama_convert.output.out_dir import RECORD_KEYS, OutDirLock, rename_noreplace
+from llama_convert.console.progress import Progress
 
 MHA = FIXTURES / "mha-untied-fp32"
 SHARDED = FIXTURES / "gqa-tied-bf16-sharded"

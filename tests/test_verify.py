@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
-from converter import HF2MSOptions, convert_hf2ms
-from converter.verify import NOISE_FACTOR, VerifyOptions, verify
+from llama_convert import HF2MSOptions, convert_hf2ms
+from llama_convert.verify import NOISE_FACTOR, VerifyOptions, verify
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
 
