@@ -6,108 +6,23 @@ change them: the work finishes and the command exits as the work ended.
 """
 from __future__ import annotations
 
-import errno
-import io
 import json
 import math
-import os
-import signal
 import sys
 from pathlib import Path
-from typing import Callable
 
 import click
+import dataclasses
 
 from .core.version import __version__
-from .core.errors import ConvertError, printable
-from .core.extras import missing
-from .core.options import DTYPE_CHOICES, DEVICES, FORMATS, HF2MSOptions, MS2HFOptions, parse_size
-from .output.out_dir import Terminated, raise_terminated
-
-
-class _Forgiving(io.TextIOBase):
-    """A standard stream whose reader may leave (`| head -1`): what finds no reader is dropped, and the
-    descriptor is pointed at /dev/null, so later writes (anyone's, the flush at exit too) go nowhere
-    quietly. Text is made printable: a path's non-UTF-8 bytes are shown as \\xNN, never a crash."""
-
-    def __init__(self, stream: io.TextIOBase):
-        self.stream = stream
-
-    @property
-    def encoding(self) -> str:
-        return self.stream.encoding
-
-    @property
-    def errors(self) -> str | None:
-        return self.stream.errors
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def write(self, text: str) -> int:
-        try:
-            self.stream.write(printable(text))
-        except BrokenPipeError:
-            self._reader_gone()
-        return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            self._reader_gone()
-
-    def _reader_gone(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self.stream.fileno())
-        finally:
-            os.close(devnull)
-        try:
-            self.stream.flush()  # what was buffered for the reader that left goes to /dev/null now
-        except OSError:
-            pass
-
-
-def _standard_streams() -> Callable[[], None]:
-    """Make stdin, stdout and stderr safe to use, whatever the caller left them as; returns the undo.
-
-    A descriptor closed by the caller (`2>&-`) gets /dev/null: else the next file we open would take its
-    number, and a library writing to "stderr" would write into the output. Python then has no
-    sys.stderr, and print() to a missing stream writes to stdout, where --json promises the JSON alone."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError as e:
-            if e.errno != errno.EBADF:
-                continue
-            devnull = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself, unless a lower was free
-            if devnull != fd:
-                os.dup2(devnull, fd)
-                os.close(devnull)
-    saved = sys.stdout, sys.stderr
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if stream is None:
-            setattr(sys, name, open(os.devnull, "w"))
-            continue
-        try:
-            stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            continue  # not a real descriptor (click's CliRunner): nothing to forgive
-        setattr(sys, name, _Forgiving(stream))
-
-    def restore() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        sys.stdout, sys.stderr = saved
-    return restore
+from .core.errors import printable
+from .core.sizes import human_bytes
+from .bulk.options import BulkOptions
+from .core.options import Flag, HF2MSOptions, MS2HFOptions, flags
+from .console.exits import ending, sigterm_raises
+from .console.streams import standard_streams
+from .core.signals import Terminated
+from .verify.options import VerifyOptions
 
 
 def _echo(text: str = "", err: bool = False, nl: bool = True) -> None:
@@ -117,57 +32,29 @@ def _echo(text: str = "", err: bool = False, nl: bool = True) -> None:
 
 class _Group(click.Group):
     def main(self, *args, **kwargs):
-        restore = _standard_streams()
+        restore = standard_streams()
         try:
             return super().main(*args, **kwargs)
         finally:
             restore()
 
     def invoke(self, ctx):
-        # SIGTERM and SIGINT unwind like exceptions, so a partial output is removed before we exit
-        # with the conventional 128+signal (click would print "Aborted!" and exit 1 for SIGINT).
-        # Restored afterwards: callers such as click's CliRunner go on living in this process.
-        on_term = signal.getsignal(signal.SIGTERM)
-        if on_term is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, raise_terminated)
-        try:
-            return super().invoke(ctx)
-        except Terminated:
-            _echo("llama-convert: terminated (SIGTERM); nothing half-written was left", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            _echo("llama-convert: interrupted (SIGINT); nothing half-written was left", err=True)
-            sys.exit(130)
-        except ConvertError as e:
-            _echo(f"llama-convert: error: {e.one_line()}", err=True)
-            sys.exit(2)
-        except click.UsageError as e:  # click's own report is several lines; scripts grep one
-            where = f"{e.ctx.info_name}: " if e.ctx and e.ctx.parent else ""
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            _echo(f"llama-convert: error: {where}{' '.join(e.format_message().split())}{hint}", err=True)
-            sys.exit(2)
-        except OSError as e:  # disk full, permissions, a file vanishing mid-run: nothing was left half-written
-            where = f"{e.filename}: " if e.filename else ""
-            _echo(f"llama-convert: error: {where}{e.strerror or e}", err=True)
-            sys.exit(2)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except Exception as e:
-            refusal = missing(e, f"llama-convert {ctx.invoked_subcommand}") if isinstance(e, ModuleNotFoundError) else None
-            if refusal is not None:  # an optional dependency not installed: the installation's fault, not ours
-                _echo(f"llama-convert: error: {refusal.one_line()}", err=True)
+        # Every ending is console/exits.py's (shared with bulk's row runner); only click's usage errors
+        # are the CLI's own. sys.exit, not a return: click's Exit must not be mistaken for an error.
+        with sigterm_raises():
+            try:
+                return super().invoke(ctx)
+            except click.UsageError as e:  # click's own report is several lines; scripts grep one
+                where = f"{e.ctx.info_name}: " if e.ctx and e.ctx.parent else ""
+                hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+                _echo(f"llama-convert: error: {where}{' '.join(e.format_message().split())}{hint}", err=True)
                 sys.exit(2)
-            # A bug of ours, not bad input and not a failed check: a traceback with Python's exit 1 would
-            # read as "parity failed" to a CI gate. One line and exit 3, the traceback on request.
-            if os.environ.get("LLAMA_CONVERT_TRACEBACK"):
+            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
                 raise
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            _echo(f"llama-convert: internal error: {type(e).__name__}: {first} (a bug in llama-convert, "
-                       f"not in your input: rerun with LLAMA_CONVERT_TRACEBACK=1 and report what it prints)", err=True)
-            sys.exit(3)
-        finally:
-            if on_term is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, on_term)
+            except (Exception, KeyboardInterrupt, Terminated) as e:
+                code, line = ending(e, f"llama-convert {ctx.invoked_subcommand}")
+                _echo(line, err=True)
+                sys.exit(code)
 
 
 def _tolerance(ctx, param, value):
@@ -176,13 +63,63 @@ def _tolerance(ctx, param, value):
     return value
 
 
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+class _FlagType(click.ParamType):
+    """A declared option's values, read by its own parser (core/options.py) as a manifest reads them."""
+
+    def __init__(self, flag: Flag):
+        self.flag = flag
+        self.name = "/".join(flag.choices) if flag.choices else (flag.metavar or "VALUE")
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join(self.flag.choices)}]" if self.flag.choices else (self.flag.metavar or "VALUE")
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+        return [CompletionItem(c) for c in self.flag.choices if c.lower().startswith(incomplete.lower())]
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.flag.parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _declared(cls: type, skip: tuple[str, ...] = ()):
+    """The click options of every option `cls` declares (core/options.py), in declaration order. Their
+    click default is None, so that an option not given takes the dataclass's own default: the default
+    is declared once too, and --help shows it."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def one(name: str, flag: Flag):
+        dash = (flag.name or name).replace("_", "-")
+        default = fields[name].default
+        shown = flag.default_text or (None if default in (None, dataclasses.MISSING) or isinstance(default, bool)
+                                      else _shown_default(cls, name, default))
+        if shown is None and (flag.negatable or flag.tri_state) and isinstance(default, bool):
+            shown = f"--{dash}" if default else f"--no-{dash}"
+        help_text = flag.help + (f" [default: {shown}]" if shown else "")
+        if fields[name].type in ("bool", "bool | None"):
+            if flag.negatable or flag.tri_state:
+                return click.option(f"--{dash}/--no-{dash}", name, default=None, help=help_text)
+            return click.option(f"--{dash}", name, is_flag=True, default=None, help=help_text)
+        return click.option(f"--{dash}", name, type=_FlagType(flag), default=None, multiple=flag.multiple,
+                            help=help_text)
+
+    def decorate(command):
+        for name, flag in reversed(list(flags(cls).items())):
+            if name not in skip:
+                command = one(name, flag)(command)
+        return command
+    return decorate
+
+
+def _shown_default(cls: type, name: str, default) -> str:
+    return human_bytes(default) if name.endswith(("_size", "_budget")) and isinstance(default, int) else str(default)
+
+
+def _given(cls: type, values: dict):
+    """The options object for what the command line gave: options not given keep their declared defaults."""
+    return cls(**{k: v for k, v in values.items() if v is not None and v != ()})
 
 
 def _show_versions(ctx, param, value) -> None:
@@ -240,14 +177,9 @@ def main() -> None:
     """
 
 
-_TABLE = click.option("--table", default=None, metavar="NAME|PATH",
-                      help="Mapping table to convert with [default: chosen from the model's architecture].")
 _FORCE = click.option("--force", is_flag=True,
                       help="Replace OUT_DIR if it is empty, a symlink (the link only), or an earlier llama-convert "
                            "output holding exactly the files its conversion.json lists.")
-_HASH = click.option("--hash/--no-hash", "hash", default=True, show_default=True,
-                     help="sha256 of every input and output file in conversion.json (costs a read of each); "
-                          "also checks HF hub cache blobs against their names (--no-hash: no check).")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 
 
@@ -259,23 +191,9 @@ def _show_plan(plan, as_json: bool) -> None:
 @main.command()
 @click.argument("src_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--format", "format", type=click.Choice(FORMATS), default="ckpt", show_default=True,
-              help="ckpt: one model.ckpt; safetensors: MindSpore safetensors, sharded like the source.")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
-              help="keep copies weight bytes exactly; a cast rounds to nearest-even and is recorded.")
-@click.option("--qkv-concat", is_flag=True, help="Write fused attention.w_qkv and feed_forward.w_gate_hidden.")
-@click.option("--untie", is_flag=True, help="Write lm_head.weight as a copy of the embedding of a tied model.")
-@click.option("--seq-length", type=click.IntRange(min=1), default=None,
-              help="seq_length in the YAML [default: min(max_position_embeddings, 4096)].")
-@click.option("--max-shard-size", callback=_size, default=None, metavar="SIZE",
-              help="Shard safetensors output, e.g. 5GB or 500MB.")
-@click.option("--device", type=click.Choice(DEVICES), default="Ascend", show_default=True,
-              help="Settings written into the YAML: kernels and context; CPU also float32 weights and "
-                   "generation MindSpore's CPU build can run.")
-@_TABLE
+@_declared(HF2MSOptions)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @_FORCE
-@_HASH
 @click.option("--verify", "then_verify", is_flag=True,
               help="After converting, run `verify` with its defaults on CPU; exit 1 if parity fails.")
 @_JSON
@@ -296,7 +214,7 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     import llama_convert as api
     from .output import report
 
-    opts = HF2MSOptions(**options)
+    opts = _given(HF2MSOptions, options)
     if dry_run:
         _show_plan(api.plan_hf2ms(src_dir, opts), as_json)
         return
@@ -321,14 +239,8 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="MindFormers YAML with model.model_config [default: MS_DIR/llama_config.yaml].")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
-              help="keep: the model's param_init_type (norms narrow back exactly); or cast.")
-@click.option("--max-shard-size", callback=_size, default="5GB", show_default=True, metavar="SIZE",
-              help="Shard the HF safetensors above this size.")
-@click.option("--table", default=None, metavar="NAME|PATH",
-              help="Mapping table to read back with [default: the one the YAML records, else llama].")
+@_declared(MS2HFOptions)
 @click.option("--dry-run", is_flag=True, help="Print the plan and config.json; write nothing.")
-@_HASH
 @_FORCE
 @_JSON
 @_verbosity
@@ -346,7 +258,7 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force
     import llama_convert as api
     from .output import report
 
-    opts = MS2HFOptions(**options)
+    opts = _given(MS2HFOptions, options)
     if dry_run:
         _show_plan(api.plan_ms2hf(ms_dir, opts, config), as_json)
         return
@@ -416,45 +328,13 @@ def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> No
     sys.exit(0 if r["same"] else 1)
 
 
-def _ids(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        ids = tuple(int(x) for x in value.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise click.BadParameter("write token ids separated by commas, e.g. 1,2,3") from None
-    if not ids:
-        raise click.BadParameter("give at least one token id")
-    return ids
-
-
 @main.command()
 @click.argument("hf_dir", type=click.Path(path_type=Path))
 @click.argument("ms_dir", type=click.Path(path_type=Path))
-@click.option("--device", type=click.Choice(DEVICES), default="CPU", show_default=True,
-              help="CPU: float32 everywhere, CPU kernels. Ascend: the YAML's production settings.")
-@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Rows of seeded tokens.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens per row.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token batch.")
-@click.option("--layers", is_flag=True,
-              help="Show the place-by-place table (every place is compared and in --json anyway) even when all agree.")
-@click.option("--generate", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also greedy-decode N tokens on both sides and compare the sequences (whole-model mode "
-                   "only: refused with --stream).")
-@click.option("--prompt-ids", callback=_ids, default=None, metavar="IDS",
-              help="Prompt for --generate, e.g. 1,2,3 [default: first 8 seeded tokens].")
-@click.option("--stream/--no-stream", default=None,
-              help="Run both models one stage at a time, each stage's weights read from disk and freed after "
-                   "it; --no-stream loads the whole models [default: stream when they would not fit "
-                   "--memory-budget].")
-@click.option("--memory-budget", callback=_size, metavar="SIZE", default=None,
-              help="Memory the whole models may take before verify streams, e.g. 8GB or 8GiB "
-                   "[default: the memory available].")
+@_declared(VerifyOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_verbosity
-def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, seed: int, layers: bool,
-           generate: int, prompt_ids: tuple[int, ...] | None, stream: bool | None, memory_budget: int | None,
-           as_json: bool) -> None:
+def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
     \b
@@ -477,12 +357,9 @@ def verify(hf_dir: Path, ms_dir: Path, device: str, batch: int, seq_len: int, se
     Exit status: 0 parity holds, 1 it does not, 2 bad input.
     """
     import llama_convert as api
-    from .verify import VerifyOptions, report_text, sanitize
+    from .verify import report_text, sanitize
     progress = _progress()
-    r = api.verify_conversion(hf_dir, ms_dir, VerifyOptions(device=device, batch=batch, seq_len=seq_len, seed=seed,
-                                                            layers=layers, generate=generate, prompt_ids=prompt_ids,
-                                                            stream=stream, memory_budget=memory_budget),
-                              on_stage=progress.stage)
+    r = api.verify_conversion(hf_dir, ms_dir, _given(VerifyOptions, options), on_stage=progress.stage)
     progress.close()
     if as_json or not _quiet():
         _echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
@@ -511,38 +388,10 @@ def bulk() -> None:
     """
 
 
-def _row_default(ctx, param, values):
-    out = {}
-    for text in values:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{text!r}: write KEY=VALUE, e.g. dtype=bfloat16")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
 @bulk.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Rows at once [default: the CPU count].")
-@click.option("--executor", type=click.Choice(("local", "ray")), default="local", show_default=True,
-              help="local: CLI subprocesses here; ray: one Ray task per row (pip install 'llama-convert[ray]').")
-@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
-              help="Join a Ray cluster (sources and outputs must be on storage every node sees) "
-                   "[default: start a local Ray].")
-@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Retries of a row killed by a signal, timed out, or hit by an I/O error (never bad input or parity).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Time limit per phase of a row (a timed-out row is retried).")
-@click.option("--memory-budget", callback=_size, default=None, metavar="SIZE",
-              help="Memory the running rows may hold together, e.g. 16GiB [default: 3/4 of available memory, cgroup-aware].")
-@click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="The report to write [default: bulk-report.json beside MANIFEST; the journal beside it].")
-@click.option("--retry-failed", type=click.Path(path_type=Path), default=None, metavar="REPORT",
-              help="Run only the rows an earlier report lists as failed, verify_failed or invalid.")
-@click.option("--set", "defaults", multiple=True, callback=_row_default, metavar="KEY=VALUE",
-              help="A row option for every row (rows and the manifest's defaults override it), e.g. --set dtype=bfloat16.")
+@_declared(BulkOptions)
 @click.option("--dry-run", is_flag=True, help="Say what each row would do and need; run nothing.")
-@click.option("--force", is_flag=True, help="Redo rows that are done.")
 @_JSON
 def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
     """Run every row of MANIFEST (JSONL, CSV or YAML); skip rows whose conversion.json says they are done.
@@ -558,14 +407,14 @@ def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
     import llama_convert as api
     from .bulk.journal import table_text
 
-    opts = api.BulkOptions(**options)
+    opts = _given(BulkOptions, options)
     if dry_run:
         plan = api.plan_bulk(manifest, opts)
         if as_json:
             _echo(json.dumps(plan, indent=2))
         else:
             for r in plan["rows"]:
-                _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {r['memory_estimate'] / 2**30:.2f} GiB")
+                _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {human_bytes(r['memory_estimate'], 2)}")
         sys.exit(plan["exit_code"])
     live = sys.stderr.isatty()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, make_hub_cache, refused, run_cli
+from conftest import ALL_MODEL_DIRS, FIXTURES, make_hub_cache, run_cli
 
 EXE = str(Path(sys.executable).parent / "llama-convert")
 

@@ -14,7 +14,8 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("core", [{"", "errors", "version", "machine"},          # what every room stands on
               {"paths", "extras", "sizes", "signals"},  # paths without loops, optional extras, byte sizes
               {"dtypes", "options"}]),                   # dtypes and exact casts; what the user asked for
-    ("console", [{"", "progress", "quiet", "streams"}]),     # what a person sees: progress, library logs, std streams
+    ("console", [{"", "progress", "quiet", "streams"},      # what a person sees: progress, library logs, std streams
+                 {"exits"}]),                            # how every command ends: exit status, one stderr line
     ("formats", [{"", "files", "payload", "yaml"},       # tiny strict format layers
                  {"tensor"},
                  {"safetensors", "ckpt", "torch_bin"}]),
@@ -43,16 +44,18 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                 {"config_parity", "text"},               # configs, the text report
                 {"gate"},                                # one run, one verdict
                 {""}]),                                  # its front door
-    ("bulk", [{"overlap"},                               # which paths of a run nest
+    ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked
               {"", "manifest", "memory", "journal", "runner", "sources"},
               {"done", "local", "ray_exec"},             # the done-check, the executors
               {"planner"},                               # rows' plans, shared between identical sources
               {"driver"}]),                              # one run, start to end
-    ("", [{"api"}, {"cli", "__init__"}]),                 # the front doors: the library API, the command
+    # The front doors: the library API; the command, the package, and the entry point of a bulk row's child
+    # process (a command given as data), which stand where nothing imports them.
+    ("", [{"api"}, {"cli", "__init__", "bulk.row"}]),
 ]
 LAYERS: list[set[str]] = [{f"{room}.{m}".strip(".") if m else room for m in layer} for room, layers in ROOMS
                           for layer in layers]
-TOP = {"cli", "__init__"}
+TOP = {"cli", "__init__", "bulk.row"}
 
 
 def layer_of(module: str) -> int:

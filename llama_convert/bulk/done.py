@@ -6,7 +6,6 @@ else is not done, and says why.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -6,38 +6,25 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..core.sizes import human_bytes
 from ..core.errors import ConvertError
 from ..formats.files import parse_json_object, read_small
-from ..output.out_dir import Terminated
+from ..core.signals import Terminated
 from .done import not_done_reason
 from .journal import UNFINISHED, Journal, build_report, journal_path, table_text, verified_outputs, write_report
 from .manifest import Row, read_manifest
-from .memory import default_budget, gib
+from .memory import default_budget
+from .options import EXECUTORS, BulkOptions
 from .overlap import REPORT, RETRY
 from .planner import Planner
-from .runner import Task, convert_args, record_sha256, verify_args
+from .runner import Task, record_sha256
 
-EXECUTORS = ("local", "ray")
 _RERUN = ("failed", "verify_failed", "invalid", *UNFINISHED)
 MAX_REPORT_SHARE = 0.05   # of the run's time spent rewriting the report (thousands of rows make it megabytes)
-
-
-@dataclass
-class BulkOptions:
-    jobs: int | None = None               # None: the CPU count (local); Ray: as many as the cluster holds
-    executor: str = "local"
-    ray_address: str | None = None        # None: start a local Ray instance
-    retries: int = 1                      # for signals, timeouts and I/O errors only
-    memory_budget: int | None = None      # bytes; None: a safe share of available memory
-    report: Path | None = None            # None: bulk-report.json beside the manifest
-    force: bool = False                   # redo rows that are done
-    timeout: float | None = None          # seconds per phase of a row
-    retry_failed: Path | None = None      # an earlier report: run only its failed rows
-    defaults: dict = field(default_factory=dict)  # row options from the command line (lowest precedence)
 
 
 @dataclass
@@ -81,10 +68,9 @@ def plan_rows(manifest: Path, rows: list[Row], force: bool, verified: set[tuple[
 
 def _spec(p: PlannedRow) -> dict:
     r = p.row
-    src, out, config = str(r.src), str(r.out), str(r.config) if r.config else None
-    return {"id": r.id, "src": src, "out": out, "direction": r.direction, "convert": p.action == "convert",
-            "verify": r.verify, "convert_args": convert_args(r.direction, src, out, r.options.as_dict(), config),
-            "verify_args": verify_args(r.direction, src, out)}
+    return {"id": r.id, "src": str(r.src), "out": str(r.out), "config": str(r.config) if r.config else None,
+            "direction": r.direction, "options": r.options.as_dict(), "convert": p.action == "convert",
+            "verify": r.verify}
 
 
 def _base(r: Row, memory: int = 0) -> dict:
@@ -172,7 +158,7 @@ def dry_run(manifest: Path, options: BulkOptions) -> dict:
     for p in planned:
         action, reason = p.action, p.reason
         if action in ("convert", "verify") and p.memory > budget:
-            action, reason = "fail", f"needs {gib(p.memory)}; the memory budget is {gib(budget)}"
+            action, reason = "fail", f"needs {human_bytes(p.memory, 2)}; the memory budget is {human_bytes(budget, 2)}"
         rows.append({**_base(p.row, p.memory), "action": action, "reason": reason})
     # The exit status the run would end with as far as can be known without running: 2 when a row is
     # invalid or can never fit.
@@ -265,7 +251,7 @@ def run_bulk(manifest: Path, options: BulkOptions, on_row: Callable[[int, int, d
                 instant.append((p, {"status": "invalid", "reason": p.reason, "exit_code": 2}, 0))
             elif options.executor == "local" and p.memory > budget:
                 instant.append((p, {"status": "failed", "exit_code": None,
-                                    "reason": f"needs {gib(p.memory)}; the memory budget is {gib(budget)} "
+                                    "reason": f"needs {human_bytes(p.memory, 2)}; the memory budget is {human_bytes(budget, 2)} "
                                               f"(--memory-budget)"}, 0))
             else:
                 tasks.append(Task(_spec(p), p.memory))

@@ -26,20 +26,19 @@ import yaml
 
 from ..core.errors import ConvertError
 from ..formats.files import read_small
-from ..core.options import HF2MSOptions, MS2HFOptions, parse_size
+from ..core.options import HF2MSOptions, MS2HFOptions, boolean, flags, parse_value
 from .overlap import MANIFEST, OUT, SOURCE, Named, Resolver, conflicts, summary
 
-DIRECTIONS = ("hf2ms", "ms2hf")
-OPTION_KEYS = {
-    "hf2ms": ("format", "dtype", "qkv_concat", "untie", "seq_length", "max_shard_size", "device", "hash", "table"),
-    "ms2hf": ("dtype", "max_shard_size", "hash", "table", "config"),
-}
+# A row's options are its direction's declared options (core/options.py): the same names, values and checks
+# as on the command line. `config` (ms2hf) is where the source's YAML is, a path like src.
+OPTIONS = {"hf2ms": HF2MSOptions, "ms2hf": MS2HFOptions}
+DIRECTIONS = tuple(OPTIONS)
+OPTION_KEYS = {d: tuple(k for k, f in flags(cls).items() if f.manifest) + (("config",) if d == "ms2hf" else ())
+               for d, cls in OPTIONS.items()}
 ROW_KEYS = ("src", "out", "id", "direction", "verify")
 NOTE_KEYS = ("repo", "commit", "note")   # recorded in the report, not acted on (bulk plan writes them)
-BOOL_KEYS = ("verify", "qkv_concat", "untie", "hash")
 PATH_KEYS = ("src", "out", "config")
 KNOWN = set(ROW_KEYS) | set(NOTE_KEYS) | {k for keys in OPTION_KEYS.values() for k in keys}
-_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 # A manifest of 100,000 rows is about 20 MB. Beyond these, a file is not a manifest but a mistake or a
 # bomb, and reading it whole (or keeping a row object per line) would only exhaust memory.
@@ -306,42 +305,16 @@ def _text(value, key: str) -> str:
     return value.strip()
 
 
-def _bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    raise ValueError(f"must be true or false, not {_shown(value)}")
-
-
-def _int(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and len(value) > 20):
-        raise ValueError(f"must be a whole number, not {_shown(value)}")
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"must be a whole number, not {_shown(value)}") from None
-    if n < 1 or n > MAX_SEQ_LENGTH:
-        raise ValueError(f"must be between 1 and {MAX_SEQ_LENGTH}, not {n}")
-    return n
-
-
-def _size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and len(value) > 40):
-        raise ValueError(f"is a size (e.g. 5GB), not {_shown(value)}")
-    n = parse_size(str(value))
-    if n >= 2**63:
-        raise ValueError(f"{_shown(value)} is larger than any file")
-    return n
-
-
 def _coerce(key: str, value):
-    if key in BOOL_KEYS:
-        return _bool(value)
-    if key == "seq_length":
-        return _int(value)
-    if key == "max_shard_size":
-        return _size(value)
+    """A row's value as its key takes it: a declared option by its own parser (a key both directions
+    declare is read the same way by both), a flag of the row as true or false, anything else as text."""
+    if key == "verify":
+        return boolean(value)
+    for cls in OPTIONS.values():
+        if key in flags(cls):
+            if isinstance(value, str):
+                _text(value, key)   # bounded, no NUL: before any parser sees it
+            return parse_value(cls, key, value)
     return _text(value, key)
 
 
@@ -355,9 +328,7 @@ def _check_defaults(defaults: dict, where: str) -> list[str]:
             problems.append(f"{where}{key} belongs in a row")
         else:
             try:
-                value = _coerce(key, value)
-                if key in ("format", "dtype", "device"):
-                    HF2MSOptions(**{key: value})   # the choices are the same for both directions
+                _coerce(key, value)
             except ValueError as e:
                 problems.append(f"{where}{key} {e}")
     return problems

@@ -26,7 +26,3 @@ def estimate(plan, phase: str) -> int:
 
 def default_budget() -> int:
     return int(available_memory() * BUDGET_SHARE)
-
-
-def gib(n: int) -> str:
-    return f"{n / GiB:.2f} GiB"

@@ -11,8 +11,8 @@ import logging
 import os
 from typing import Callable
 
+from ..core.sizes import human_bytes
 from ..core.extras import require
-from .memory import gib
 from .runner import Task, run_row
 
 LOST_WORKER_RETRIES = 3
@@ -59,7 +59,7 @@ def _run(ray, tasks, jobs, retries, timeout, finished, started, retrying) -> Non
     for task in tasks:
         if task.memory > largest:
             finished(task, {"id": task.spec["id"], "status": "failed", "exit_code": None, "seconds": {},
-                            "reason": f"needs {gib(task.memory)}; the largest Ray node offers {gib(largest)}",
+                            "reason": f"needs {human_bytes(task.memory, 2)}; the largest Ray node offers {human_bytes(largest, 2)}",
                             "retryable": False, "node": None, "verify": None, "bytes": None})
         else:
             pending.append(task)

@@ -1,8 +1,9 @@
-"""One row, run as subprocesses of the real CLI: the same exit codes as by hand, killable, and all
-memory returned to the OS when it ends. The same function runs in a local thread or in a Ray task.
+"""One row, each phase a child process (bulk/row.py): the same exit codes and messages as the command by
+hand, killable, and all memory returned to the OS when it ends. The same function runs in a local thread
+or in a Ray task.
 
-A row is a plain dict (it crosses to Ray workers): id, src, out, direction, convert (bool), verify
-(bool), convert_args, verify_args. The result says status, reason, exit code, seconds per phase, and
+A row is a plain dict (it crosses to Ray workers): id, src, out, config, direction, options (as_dict of
+the direction's options), convert (bool), verify (bool). The result says status, reason, exit code, seconds per phase, and
 whether a failure is worth retrying (a signal, a timeout, an I/O error; never bad input or parity).
 """
 from __future__ import annotations
@@ -59,16 +60,15 @@ def accept_runners() -> None:
     _stopping.clear()
 
 
-def cli() -> list[str]:
-    """The installed console script beside this interpreter, else the module."""
-    exe = Path(sys.executable).parent / "llama-convert"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "llama_convert.cli"]
+def _phase(phase: str, row: dict) -> list[str]:
+    """The child's command line: this interpreter, the row module, the phase, and the row as JSON."""
+    return [sys.executable, "-m", "llama_convert.bulk.row", phase, json.dumps(row)]
 
 
 def _run(args: list[str], timeout: float | None) -> tuple[int | None, str, str, float]:
     """(exit code or None on timeout, stdout, stderr, seconds). A negative code is the killing signal."""
     start = time.perf_counter()
-    cmd = [sys.executable, "-c", _PDEATHSIG, str(os.getpid()), *cli(), *args]
+    cmd = [sys.executable, "-c", _PDEATHSIG, str(os.getpid()), *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         with _live_lock:
@@ -135,7 +135,7 @@ def run_row(row: dict, timeout: float | None = None) -> dict:
     result = {"id": row["id"], "status": "converted", "reason": "", "exit_code": 0, "retryable": False,
               "seconds": seconds, "bytes": None, "node": os.uname().nodename, "verify": None, "record_sha256": None}
     if row.get("convert", True):
-        code, _, err, secs = _run(row["convert_args"], timeout)
+        code, _, err, secs = _run(_phase("convert", row), timeout)
         seconds["convert"] = round(secs, 3)
         if code != 0:
             status, reason = _failure(code, err, "convert", timeout)
@@ -151,7 +151,7 @@ def run_row(row: dict, timeout: float | None = None) -> dict:
     result["record_sha256"] = record_sha256(row["out"])
     if not row.get("verify"):
         return result
-    code, out, err, secs = _run(row["verify_args"], timeout)
+    code, out, err, secs = _run(_phase("verify", row), timeout)
     seconds["verify"] = round(secs, 3)
     if code in (0, 1):
         try:
@@ -169,24 +169,3 @@ def run_row(row: dict, timeout: float | None = None) -> dict:
         status, reason = _failure(code, err, "verify", timeout)
         return {**result, "status": status, "reason": reason, "exit_code": code, "retryable": _retryable(code, err)}
     return result
-
-
-def convert_args(direction: str, src: str, out: str, options: dict, config: str | None) -> list[str]:
-    """The CLI arguments that make exactly these options (the done-check compares them as recorded)."""
-    args = [direction, src, out, "--force"]
-    if direction == "ms2hf" and config:
-        args += ["--config", config]
-    for key in ("format", "dtype", "device", "table", "seq_length", "max_shard_size"):
-        if key in options and options[key] is not None:
-            args += [f"--{key.replace('_', '-')}", str(options[key])]
-    args += ["--qkv-concat"] if options.get("qkv_concat") else []
-    args += ["--untie"] if options.get("untie") else []
-    args += [] if options.get("hash", True) else ["--no-hash"]
-    return args
-
-
-def verify_args(direction: str, src: str, out: str) -> list[str]:
-    hf, ms = (src, out) if direction == "hf2ms" else (out, src)
-    # Streamed: bounded by one stage whatever the model's size, so the admission estimate holds even
-    # when other rows run beside it (verify's own choice would look only at the memory free at its start).
-    return ["verify", hf, ms, "--stream", "--json"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from ..core.sizes import human_bytes
+
 
 class Progress:
     """Shows no progress, only notices (on stderr): the default of library calls."""
@@ -49,14 +51,6 @@ class Quiet(Progress):
         pass
 
 
-def size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 class Lines(Progress):
     """One line per finished file (and per stage): what a log file or CI output can use."""
 
@@ -64,7 +58,7 @@ class Lines(Progress):
         self.stream = stream
 
     def file_done(self, name: str, size: int) -> None:
-        self.notice(f"wrote {name} ({size_text(size)})")
+        self.notice(f"wrote {name} ({human_bytes(size)})")
 
     def notice(self, line: str) -> None:
         print(f"llama-convert: {line}", file=self.stream, flush=True)
@@ -91,7 +85,7 @@ class Bar(Progress):
             self.bar.update(nbytes)
 
     def file_done(self, name: str, size: int) -> None:
-        self.notice(f"wrote {name} ({size_text(size)})")
+        self.notice(f"wrote {name} ({human_bytes(size)})")
 
     def notice(self, line: str) -> None:
         if self.bar is not None:

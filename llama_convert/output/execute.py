@@ -22,7 +22,7 @@ from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from ..formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from ..formats.safetensors import SafetensorsWriter
 from .hashing import Hashes
-from .out_dir import Transaction
+from .transaction import Transaction
 from ..plan.plan import Plan, PlannedTensor
 from ..console.progress import Progress
 from .report import Result, provenance

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.sizes import human_bytes
 from .hashing import Hashes
 from ..core.paths import resolved
 from ..plan.plan import Plan, weights_dtype
@@ -43,14 +44,6 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
     }
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def plan_json(plan: Plan) -> dict:
     return {"dry_run": True, "source": str(plan.source.root), "options": plan.options.as_dict(),
             "weight_files": plan.weight_files, "tensor_count": len(plan.tensors), "total_bytes": plan.total_bytes,
@@ -69,7 +62,7 @@ def plan_text(plan: Plan) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
     casts = sum(1 for t in plan.tensors if t.cast)
-    lines += ["", f"total: {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, {casts} cast, "
+    lines += ["", f"total: {len(plan.tensors)} tensors, {human_bytes(plan.total_bytes, 2)}, {casts} cast, "
                   f"{len(plan.skipped)} source tensors skipped"]
     lines += [f"skipped: {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"note: {n}" for n in plan.translation.notes]
@@ -88,7 +81,7 @@ def result_json(plan: Plan, result: Result) -> dict:
 def result_text(plan: Plan, result: Result) -> str:
     casts = [t for t in plan.tensors if t.cast]
     lines = [f"converted {plan.source.root} -> {result.out_dir} in {result.seconds:.2f} s",
-             f"  {len(plan.tensors)} tensors, {_size(plan.total_bytes)}, format {plan.options.format}"
+             f"  {len(plan.tensors)} tensors, {human_bytes(plan.total_bytes, 2)}, format {plan.options.format}"
              f"{', qkv_concat' if plan.model_config.get('qkv_concat') else ''}, dtype {weights_dtype(plan.tensors)}"
              f", tie_word_embeddings {plan.model_config.get('tie_word_embeddings', False)}"]
     if casts:
@@ -98,5 +91,5 @@ def result_text(plan: Plan, result: Result) -> str:
         lines.append(f"  cast {len(casts)} tensors ({', '.join(kinds)}; {how}), recorded in conversion.json")
     lines += [f"  skipped {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"  note: {n}" for n in plan.translation.notes]
-    lines.append("  files: " + ", ".join(f"{f['name']} ({_size(f['size'])})" for f in result.files))
+    lines.append("  files: " + ", ".join(f"{f['name']} ({human_bytes(f['size'], 2)})" for f in result.files))
     return "\n".join(lines)

@@ -25,16 +25,20 @@ same_model, config_parity, memory (footprint estimates), text, gate (the run).
 """
 from __future__ import annotations
 
-from .config_parity import config_differences, mindformers_defaults
-from .gate import seeded_tokens, verify
-from .hf_side import HFSide
-from .memory import streamed_estimate, whole_model_estimate
-from .ms_side import MSSide
-from .options import NOISE_FACTOR, VerifyOptions
-from .report import VerifyReport, sanitize
-from .same_model import refuse_different_models
-from .text import report_text
+from importlib import import_module
 
-__all__ = ["HFSide", "MSSide", "NOISE_FACTOR", "VerifyOptions", "VerifyReport", "config_differences", "mindformers_defaults",
-           "refuse_different_models", "report_text", "sanitize", "seeded_tokens", "streamed_estimate", "verify",
-           "whole_model_estimate"]
+# Names -> the module that defines them, imported on first use: `from llama_convert.verify.options import
+# VerifyOptions` (the command line's declarations) must not pay for numpy, torch or MindSpore.
+_WHERE = {"config_differences": "config_parity", "mindformers_defaults": "config_parity", "seeded_tokens": "gate",
+          "verify": "gate", "HFSide": "hf_side", "streamed_estimate": "memory", "whole_model_estimate": "memory",
+          "MSSide": "ms_side", "NOISE_FACTOR": "options", "VerifyOptions": "options", "VerifyReport": "report",
+          "sanitize": "report", "refuse_different_models": "same_model", "report_text": "text"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)

@@ -3,18 +3,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.options import DEVICES, Options, choice, option, size, token_ids, whole
+
 
 @dataclass(frozen=True)
-class VerifyOptions:
-    device: str = "CPU"
-    batch: int = 2
-    seq_len: int = 64
-    seed: int = 0
-    layers: bool = False
-    generate: int = 0
-    prompt_ids: tuple[int, ...] | None = None
-    stream: bool | None = None          # None: stream when the whole models would not fit memory_budget
-    memory_budget: int | None = None    # bytes; None: the memory available now
+class VerifyOptions(Options):
+    device: str = option("CPU", "CPU: float32 everywhere, CPU kernels. Ascend: the YAML's production settings.",
+                         parse=choice(DEVICES), manifest=False)
+    batch: int = option(2, "Rows of seeded tokens.", parse=whole(1, 4096), manifest=False)
+    seq_len: int = option(64, "Tokens per row.", parse=whole(1, 2**20), manifest=False)
+    seed: int = option(0, "Seed of the token batch.", parse=whole(0), manifest=False)
+    layers: bool = option(False, "Show the place-by-place table (every place is compared and in --json anyway) "
+                          "even when all agree.", manifest=False)
+    generate: int = option(0, "Also greedy-decode N tokens on both sides and compare the sequences (whole-model "
+                           "mode only: refused with --stream).", parse=whole(0, 2**20), metavar="N", manifest=False)
+    prompt_ids: tuple[int, ...] | None = option(None, "Prompt for --generate, e.g. 1,2,3.", parse=token_ids,
+                                                metavar="IDS", default_text="first 8 seeded tokens", manifest=False)
+    stream: bool | None = option(None, "Run both models one stage at a time, each stage's weights read from disk "
+                                 "and freed after it; --no-stream loads the whole models.", tri_state=True,
+                                 default_text="stream when they would not fit --memory-budget", manifest=False)
+    memory_budget: int | None = option(None, "Memory the whole models may take before verify streams, e.g. 8GB or "
+                                       "8GiB.", parse=size, metavar="SIZE", default_text="the memory available",
+                                       manifest=False)
 
 
 # The pass rule on CPU (README, "verify": how close is close enough). HF's model is also run in float64,

@@ -1,6 +1,7 @@
 """The verify report for a person: the verdict, the rule and its numbers, then what failed and where."""
 from __future__ import annotations
 
+from ..core.sizes import human_bytes
 from .report import VerifyReport
 
 
@@ -13,9 +14,9 @@ def _num(x, spec: str) -> str:
 def report_text(r: VerifyReport) -> str:
     verdict = "PASS" if r.passed else "FAIL"
     lines = [f"verify: {verdict} on {r.device} ({r.dtype}), batch {r.batch} x {r.seq_len} tokens, seed {r.seed}, "
-             f"{r.seconds:.1f} s", f"  mode: {r.mode}, peak RSS {r.peak_rss_bytes / 2**30:.2f} GiB "
-             f"(whole models estimated at {r.whole_model_estimate_bytes / 2**30:.1f} GiB, "
-             f"budget {r.memory_budget_bytes / 2**30:.1f} GiB)", ""]
+             f"{r.seconds:.1f} s", f"  mode: {r.mode}, peak RSS {human_bytes(r.peak_rss_bytes, 2)} "
+             f"(whole models estimated at {human_bytes(r.whole_model_estimate_bytes)}, "
+             f"budget {human_bytes(r.memory_budget_bytes)})", ""]
     tol = r.tolerances
     if tol.get("rule") == "noise_ratio":
         lines += [f"  rule: at every place, MindSpore's distance from HF run in float64 <= {tol['factor']:g} x the "
