@@ -28,8 +28,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("sources", [{"", "checkpoint"},                     # what every reader returns
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
-    ("plan", [{"", "shards"},                            # output files
-              {"plan"}]),                                # every output tensor, both directions
+    ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
                 {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
                 {"transaction"},                         # written aside, renamed into place

@@ -22,6 +22,7 @@ from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from ..formats.payload import Cast, InMemory, Payload, Runs, Scatter, same_bytes
 from ..formats.safetensors import SafetensorsWriter
 from .hashing import Hashes
+from .run_yaml import side_files
 from .transaction import Transaction
 from ..plan.plan import Plan, PlannedTensor
 from ..console.progress import Progress
@@ -161,7 +162,7 @@ def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
     return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
-            + sum(len(text.encode()) for text in plan.extra_files.values()))
+            + sum(len(text.encode()) for text in side_files(plan).values()))
 
 
 def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None,
@@ -183,7 +184,7 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
-            for name, text in plan.output_files(out_dir).items():
+            for name, text in side_files(plan, out_dir).items():
                 (tmp / name).write_text(text)
             outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
             record = provenance(plan, outputs, hashes)

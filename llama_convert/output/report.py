@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.sizes import human_bytes
 from .hashing import Hashes
+from .run_yaml import model_yaml, side_files
 from ..core.paths import resolved
 from ..plan.plan import Plan, weights_dtype
 from ..core.version import __version__
@@ -48,8 +49,8 @@ def plan_json(plan: Plan) -> dict:
     return {"dry_run": True, "source": str(plan.source.root), "options": plan.options.as_dict(),
             "weight_files": plan.weight_files, "tensor_count": len(plan.tensors), "total_bytes": plan.total_bytes,
             "tensors": [t.as_dict() for t in plan.tensors], "skipped": plan.skipped,
-            "model_yaml": plan.model_yaml() if plan.direction == "hf2ms" else None,
-            "extra_files": plan.extra_files, "ignored_config_keys": plan.translation.ignored,
+            "model_yaml": model_yaml(plan) if plan.direction == "hf2ms" else None,
+            "extra_files": side_files(plan), "ignored_config_keys": plan.translation.ignored,
             "notes": plan.translation.notes}
 
 
@@ -66,7 +67,7 @@ def plan_text(plan: Plan) -> str:
                   f"{len(plan.skipped)} source tensors skipped"]
     lines += [f"skipped: {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"note: {n}" for n in plan.translation.notes]
-    for name, text in plan.extra_files.items():
+    for name, text in side_files(plan).items():
         lines += ["", f"{name}:", text]
     return "\n".join(lines)
 

@@ -1,33 +1,27 @@
-"""Room two and three: from headers to a plan of every output tensor, validated before any write.
+"""From headers to a plan of every output tensor, checked before anything is written.
 
-A plan says, for each output tensor, its name, shape, dtype, the source tensors it is made of and
-the op that makes it. Both directions plan from the same edges (edges.py): hf2ms reads them forward,
-ms2hf backward. A dry run prints the plan; execution follows it tensor by tensor.
+A plan says, for each output tensor, its name, shape, dtype, the source tensors it is made of and the
+op that makes it, and which output file it goes to. Both directions plan from the same edges
+(table/edges.py): hf2ms reads them forward, ms2hf backward. A dry run shows the plan; output/ carries
+it out tensor by tensor and writes the files beside the weights (output/run_yaml.py).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
-import yaml
 
 from ..table import ops
 from ..sources.checkpoint import Checkpoint
 from ..table.config_rules import Translation, check_model_config, translate, translate_back
 from ..core.dtypes import dtype as _dtype
 from ..table.edges import account, expand
-from ..core.errors import ConvertError, printable
-from ..formats.files import read_small
+from ..core.errors import ConvertError
 from ..table.loader import select_for_hf, select_for_ms
-from ..table.schema import Table, Tokenizers, describe_layers, layers_present
+from ..table.schema import Table, describe_layers, layers_present
 from ..core.options import HF2MSOptions, MS2HFOptions
-from ..core.paths import resolved
-from ..core.version import __version__
 
 
 @dataclass(frozen=True)
@@ -67,21 +61,10 @@ class Plan:
     twins: list[tuple[str, str]] = field(default_factory=list)  # (dropped, must equal this)
     weight_files: list[str] = field(default_factory=list)  # output weight file names, by shard index
     direction: str = "hf2ms"
-    _extra_files: dict[str, str] | None = None
     weight_metadata: dict[str, str] = field(default_factory=lambda: {"format": "ms"})
-
-    @property
-    def extra_files(self) -> dict[str, str]:
-        """name -> text of the small files beside the weights (the YAML with OUT_DIR as a placeholder, or
-        config.json ...). hf2ms makes its YAML when first asked: dumping it costs more than the rest of the
-        plan, and bulk plans thousands of rows without ever showing one."""
-        if self._extra_files is None:
-            self._extra_files = {self.table.mindformers.yaml: yaml_text(self)} if self.direction == "hf2ms" else {}
-        return self._extra_files
-
-    @extra_files.setter
-    def extra_files(self, files: dict[str, str]) -> None:
-        self._extra_files = files
+    # ms2hf: config.json and generation_config.json as data; output/run_yaml.py writes them (or the YAML)
+    hf_config: dict | None = None
+    generation_config: dict | None = None
 
     @property
     def model_config(self) -> dict:
@@ -90,45 +73,6 @@ class Plan:
     @property
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
-
-    def model_yaml(self, out_dir: Path | None = None) -> dict:
-        """OUT_DIR's MindFormers YAML: a run configuration for `run_mode: predict` around the model.
-
-        Paths to OUT_DIR's files are absolute, so the YAML runs from any working directory; without
-        `out_dir` (a dry run) they are shown under the placeholder <OUT_DIR>. `llama_convert` records the
-        table, so that the way back reads this YAML with it; MindFormers reads only the sections it knows.
-        """
-        mf = self.table.mindformers
-        device = self.options.device
-        out = str(Path(os.path.abspath(out_dir))) if out_dir is not None else "<OUT_DIR>"
-        weights = f"{out}/{self.weight_files[0]}" if self.options.format == "ckpt" else out
-        model_config = {"type": mf.config_class, **self.model_config}
-        if self.options.format == "ckpt":
-            # What MindFormers' Trainer.predict() loads when it is given no checkpoint (it clears
-            # load_checkpoint then), and what build_network and from_pretrained read; ckpt only, as
-            # MindFormers reads this key with mindspore.load_checkpoint's default format.
-            model_config["checkpoint_name_or_path"] = weights
-        run: dict = {"run_mode": "predict", "seed": 0, "use_parallel": False,
-                     "load_checkpoint": weights, "load_ckpt_format": self.options.format}
-        if self.options.format == "safetensors":
-            # Trainer.predict() without a checkpoint falls back to the safetensors in this directory.
-            run["pretrained_model_dir"] = out
-        if device == "CPU":
-            run["postprocess_use_numpy"] = True
-        run["context"] = dict(mf.context[device])
-        run["trainer"] = {"type": mf.trainer.type, "model_name": mf.trainer.model_name}
-        run["model"] = {"model_config": model_config, "arch": {"type": mf.model_class}}
-        tokenizer = tokenizer_section(self.source.tokenizer_files, mf.tokenizer, out)
-        if tokenizer is not None:
-            run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf.processor}
-        run["llama_convert"] = {"table": self.table.name, "version": __version__}
-        return run
-
-    def output_files(self, out_dir: Path) -> dict[str, str]:
-        """The small files execute writes beside the weights, naming OUT_DIR where they must."""
-        if self.direction != "hf2ms":
-            return dict(self.extra_files)
-        return {**self.extra_files, self.table.mindformers.yaml: yaml_text(self, out_dir)}
 
     def op_context(self) -> ops.OpContext:
         return ops.OpContext(self.model_config["num_heads"],
@@ -194,8 +138,7 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     plan = Plan(source, table, options, Translation(mc), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
     assign_shards(plan)
-    plan.extra_files = {"config.json": json.dumps(hf_config, indent=2) + "\n",
-                        "generation_config.json": json.dumps(gen, indent=2) + "\n"}
+    plan.hf_config, plan.generation_config = hf_config, gen
     return plan
 
 
@@ -220,43 +163,6 @@ def cpu_settings(options: HF2MSOptions, mc: dict, source_dtype: str, notes: list
                      "MindSpore's CPU build has no ArgMax kernel for generation")
 
 
-def tokenizer_section(files: list[Path], classes: Tokenizers, out: str) -> dict | None:
-    """MindFormers' tokenizer for the tokenizer files the source ships, or None when it ships none.
-
-    A sentencepiece tokenizer.model is read by the slow class; a tokenizer.json alone by the fast one
-    with `vocab_file: null`. The text-generation pipeline pads batches, so a pad token is always set:
-    the source's, else its unk or eos token.
-    """
-    names = {p.name: p for p in files}
-    if "tokenizer.model" in names:
-        section = {"type": classes.model, "vocab_file": f"{out}/tokenizer.model"}
-    elif "tokenizer.json" in names:
-        section = {"type": classes.json, "vocab_file": None, "tokenizer_file": f"{out}/tokenizer.json"}
-    else:
-        return None
-    special = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second wins, as in transformers
-        if name in names:
-            try:
-                data = json.loads(read_small(names[name], "tokenizer file"))
-            except (ConvertError, ValueError):
-                continue  # copied as it is; the tokenizer itself reports a broken file when it loads
-            if isinstance(data, dict):
-                special.update({k: _token(v) for k, v in data.items() if k.endswith("_token") and _token(v)})
-    for key in ("bos_token", "eos_token", "unk_token"):
-        if key in special:
-            section[key] = special[key]
-    section["pad_token"] = special.get("pad_token") or special.get("unk_token") or special.get("eos_token") or "<unk>"
-    return section
-
-
-def _token(value) -> str | None:
-    """A special token as tokenizer files write it: a string, or {"content": ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else None
-
-
 def _where(source: Checkpoint):
     """What to name in a message about the checkpoint as a whole: its one file, else its index or directory."""
     if len(source.weight_files) == 1:
@@ -274,19 +180,6 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
     if num_layers != (present[-1] + 1 if present else 0):
         raise ConvertError(source.config_file, f"{key} is {num_layers} but the checkpoint holds {describe_layers(present)}",
                            "the config and the weights do not belong together")
-
-
-def yaml_text(plan: Plan, out_dir: Path | None = None) -> str:
-    head = (f"# MindFormers run configuration (run_mode: predict) written by llama-convert {__version__}\n"
-            f"# from {printable(str(resolved(plan.source.root)))} with mapping table {plan.table.name}.\n"
-            f"# Paths name this directory absolutely, so the YAML runs from any working directory; after\n"
-            f"# moving the directory, convert again or edit load_checkpoint and the paths under it.\n")
-    text = yaml.safe_dump(plan.model_yaml(out_dir), sort_keys=False, default_flow_style=False)
-    if plan.options.device == "CPU":
-        text = text.replace("\npostprocess_use_numpy:", "\n# MindSpore's CPU build has no ArgMax/TopK kernels for "
-                            "generation: post-process in numpy.\n# Greedy decoding is therefore written as "
-                            "do_sample: true, top_k: 1 (the same tokens).\npostprocess_use_numpy:", 1)
-    return head + text
 
 
 def assign_shards(plan: Plan) -> None:
