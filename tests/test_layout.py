@@ -36,7 +36,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                 {"report"},                              # what was done, conversion.json included
                 {"execute"}]),                           # a plan carried out tensor by tensor
     ("compare", [{"", "inspect", "diff"}]),               # checkpoints read and compared through the table
-    ("verify", [{"facts", "options", "memory"},          # what it knows, is asked, holds
+    ("verify", [{"options", "memory"},                   # what it is asked, what it holds
                 {"metrics", "report", "stages"},         # numbers, record, stage hooks
                 {"reference", "same_model"},             # float64 run, same-model check
                 {"hf_side", "ms_side"},                  # the two sides

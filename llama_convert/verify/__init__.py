@@ -19,9 +19,11 @@ so memory holds one stage per side, whatever the model's size.
 Config parity is checked apart from the numbers: a wrong model must not pass because a random model
 hides the difference.
 
-One module per job: options (what is asked, the pass rule), facts (what verify knows of MindFormers'
-Llama), metrics, report, stages (the hooks), reference (the float64 run), hf_side, ms_side,
-same_model, config_parity, memory (footprint estimates), text, gate (the run).
+One module per job: options (what is asked, the pass rule), metrics, report, stages (the hooks),
+reference (the float64 run), hf_side, ms_side, same_model, config_parity, memory (footprint
+estimates), text, gate (the run). What verify must know of the architecture (the structural and
+forward-pass keys, where each stage's module is on either side, the CPU kernels) is the table's
+(`verify:` and `mindformers.device`), so that a family table can change it.
 """
 from __future__ import annotations
 

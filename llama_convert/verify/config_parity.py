@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 
 from ..table.loader import Table
-from .facts import FORWARD_KEYS
-from .ms_side import import_mindformers
+from ..console.quiet import import_mindformers
 
 
 def _same(a, b) -> bool:
@@ -18,14 +17,15 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def config_differences(hf_mc: dict, ms_mc: dict, defaults: dict | None = None) -> list[str]:
+def config_differences(table: Table, hf_mc: dict, ms_mc: dict, defaults: dict | None = None) -> list[str]:
     """Each forward-pass key where MS_DIR's model_config differs from HF_DIR's config translated through
-    the table, as `key <ms value> vs <translated value>`. A key one side leaves out takes MindFormers'
-    default (`defaults`), because that is what the model then runs with."""
+    the table, as `key <ms value> vs <translated value>`; the table names those keys (verify.forward). A
+    key one side leaves out takes MindFormers' default (`defaults`), because that is what the model then
+    runs with."""
     from ..table.value_types import show
     defaults = defaults or {}
     out = []
-    for key in FORWARD_KEYS:
+    for key in table.verify.forward:
         if key not in hf_mc and key not in ms_mc:
             continue
         a, b = hf_mc.get(key, defaults.get(key)), ms_mc.get(key, defaults.get(key))

@@ -100,7 +100,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     if opts.device != "CPU" and (opts.device, dtype) not in FIXED_TOLERANCES:
         raise ConvertError(ms_plan.source.config_file, f"no tolerances for {dtype} on {opts.device}")
     tol = tolerances(opts.device, dtype)
-    differences = config_differences(hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
+    differences = config_differences(ms_plan.table, hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
 
     total = 2 * (int(cfg["num_layers"]) + 3)
     hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,

@@ -2,10 +2,12 @@
 the float64 reference run beside it."""
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 
+from ..console.quiet import import_transformers
 from ..core.errors import ConvertError
 from ..table.loader import Table
 from .reference import Reference
@@ -18,8 +20,7 @@ class HFSide:
         """transformers' model of the table's class; with `tensors` (HF_DIR's headers) streamed. With
         `reference_length`, each stage is also run in float64 (the reference), cut to that many tokens."""
         import torch
-        import transformers
-        transformers.logging.set_verbosity_error()
+        transformers = import_transformers()
         self.torch = torch
         model_class = getattr(transformers, table.hf.model_class)
         try:
@@ -47,9 +48,9 @@ class HFSide:
         if reference_length is not None:
             self.reference = Reference(self.model, self.stages, reference_length)
             self.stages.then = self.reference.step
-        inner = self.model.model
         self.prefix = {id(m): n for n, m in self.model.named_modules()}
-        for place, module in capture_places(inner.embed_tokens, inner.layers, inner.norm) + [("lm_head", self.model.lm_head)]:
+        self.embedding = attrgetter(table.verify.hf_modules.embedding)(self.model)
+        for place, module in capture_places(self.model, table.verify.hf_modules):
             module.register_forward_pre_hook(self.stages.before(place, module))
             module.register_forward_hook(self.stages.after(place, module, lambda out: out.detach().float().numpy()),
                                          with_kwargs=True)
@@ -63,7 +64,7 @@ class HFSide:
         for n, _ in module.named_parameters():
             name = f"{prefix}.{n}"
             if name not in self.tensors and place == "lm_head":  # tied: the output projection is the embedding
-                name = f"{self.prefix[id(self.model.model.embed_tokens)]}.{n}"
+                name = f"{self.prefix[id(self.embedding)]}.{n}"
             if name not in self.tensors:
                 raise ConvertError(self.hf_dir, f"has no tensor {name}, which {type(self.model).__name__} needs")
             state[n] = float32_torch(self.tensors[name])

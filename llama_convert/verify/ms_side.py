@@ -2,31 +2,20 @@
 in PyNative mode; whole, or streamed with each stage's weights read from disk just before it runs."""
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..console.quiet import import_mindformers
 from ..core.errors import ConvertError
 from ..table.loader import Table
 from ..sources.ms import ms_checkpoint_files
-from .facts import CPU_KERNELS, FLOAT32_COMPUTE
 from .stages import Stages, capture_places, float32_torch
 
-
-def import_mindformers():
-    # Quiet MindSpore's C++ log, and keep MindFormers' log directory out of the user's cwd.
-    os.environ.setdefault("GLOG_v", "3")
-    os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(tempfile.gettempdir(), "llama-convert-mindformers"))
-    # MindFormers' logger binds a handler to sys.stdout when first imported; point it at stderr
-    # so that stdout carries only our report (and valid JSON with --json).
-    with contextlib.redirect_stdout(sys.stderr):
-        import mindformers.models
-    return mindformers
+# verify runs MindFormers in float32 whatever the YAML says, as HF runs: the two sides then differ by
+# rounding alone (the table's CPU settings choose the kernels; these, every dtype).
+FLOAT32_COMPUTE = {k: "float32" for k in ("compute_dtype", "param_init_type", "layernorm_compute_type",
+                                          "softmax_compute_type", "rotary_dtype", "embedding_init_type")}
 
 
 class MSSide:
@@ -39,12 +28,11 @@ class MSSide:
         ms.set_device(device)
         config_class = getattr(mindformers.models, table.mindformers.config_class)
         model_class = getattr(mindformers.models, table.mindformers.model_class)
-        logging.getLogger("mindformers").setLevel(logging.WARNING)
         self.ms = ms
         self.dtype = cfg.get("param_init_type", "float32")
         overrides = {"batch_size": batch, "seq_length": length, "use_past": False}
         if device == "CPU":
-            overrides |= CPU_KERNELS | FLOAT32_COMPUTE
+            overrides |= dict(table.mindformers.device["CPU"]) | FLOAT32_COMPUTE
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
         self.ms_dir, self.tensors, self.device = ms_dir, tensors, device
@@ -59,8 +47,7 @@ class MSSide:
             raise ConvertError(yaml_path, f"MindFormers cannot build {model_class.__name__} from this model_config: "
                                f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
         self.net.set_train(False)
-        inner = self.net.model
-        places = capture_places(inner.tok_embeddings, inner.layers, inner.norm_out) + [("lm_head", self.net.lm_head)]
+        places = capture_places(self.net, table.verify.ms_modules)
         if tensors is None:
             params = load_ms_params(ms, ms_dir)
             if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import ConvertError
-from .facts import STRUCTURAL
 
 
 def refuse_different_models(hf_dir: Path, ms_dir: Path):
@@ -34,7 +33,7 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path):
     differ = []
     if hf_plan.table.name != ms_plan.table.name:
         differ.append(f"table {ms_plan.table.name} vs {hf_plan.table.name} for config.json")
-    for key in STRUCTURAL:
+    for key in hf_plan.table.verify.structural:   # the keys that make two checkpoints different models
         a, b = hf_mc.get(key), ms_mc.get(key)
         if key == "n_kv_heads":
             a, b = a or hf_mc["num_heads"], b or ms_mc["num_heads"]

@@ -1,15 +1,20 @@
 """The stages both sides run and compare, and the hooks that capture, load and free them."""
 from __future__ import annotations
 
+from operator import attrgetter
+
 import contextlib
 
 import numpy as np
 
 
-def capture_places(embedding, layers, final_norm) -> list[tuple[str, object]]:
-    """The places compared on both sides, named the same way in every report."""
-    return ([("embedding", embedding)] + [(f"layer.{i}", layer) for i, layer in enumerate(layers)]
-            + [("final_norm", final_norm)])
+def capture_places(model, modules) -> list[tuple[str, object]]:
+    """The places compared on both sides, named the same way in every report: `modules` (a table's
+    verify.hf_modules or ms_modules) says where each is in this side's model."""
+    def at(path: str):
+        return attrgetter(path)(model)
+    return ([("embedding", at(modules.embedding))] + [(f"layer.{i}", m) for i, m in enumerate(at(modules.layers))]
+            + [("final_norm", at(modules.final_norm)), ("lm_head", at(modules.lm_head))])
 
 
 def float32_torch(ref):
