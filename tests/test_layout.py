@@ -1,5 +1,6 @@
-"""The layout reads as the pipeline: readers -> plan -> execute -> write -> report, each module one job,
-and no module imports one above it. Checked on the source, imports inside functions included."""
+"""The package's folders are the pipeline's rooms (core -> console -> formats -> table -> sources -> plan ->
+output -> compare -> verify -> bulk -> the front doors), each module one job, and no module imports one
+above it. Checked on the source, imports inside functions included."""
 from __future__ import annotations
 
 import ast
@@ -32,7 +33,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
                 {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
                 {"transaction"},                         # written aside, renamed into place
-                {"run_yaml", "materialize"},             # the MindFormers run YAML; tensors' bytes made
+                {"run_yaml", "materialize"},             # the files beside the weights; tensors' bytes made
                 {"report"},                              # what was done, conversion.json included
                 {"execute"}]),                           # a plan carried out tensor by tensor
     ("compare", [{"", "inspect", "diff"}]),               # checkpoints read and compared through the table

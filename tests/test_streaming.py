@@ -16,7 +16,7 @@ from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms
 from llama_convert.table import ops
 from llama_convert.core.dtypes import cast
 from llama_convert.core.errors import ConvertError
-from llama_convert.output.execute import Materializer
+from llama_convert.output.materialize import Materializer
 from llama_convert.formats import payload
 from llama_convert.formats.payload import PAGE, read_all
 from test_bad_input import MHA, copy, edit_config, edit_weights

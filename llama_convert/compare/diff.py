@@ -41,7 +41,7 @@ def hf_view(path: Path) -> View:
     """Either side through its table: a MindSpore checkpoint read backward into HF tensors (in the
     dtype it stores them: a norm widened to float32 stays float32), a HF one as the tensors its
     conversion would use (skipped buffers and tied twins left out)."""
-    from ..output.execute import Materializer
+    from ..output.materialize import Materializer
     path = Path(path)
     if is_mindspore(path):
         plan = build_ms2hf_plan(open_ms_dir(path), MS2HFOptions())
