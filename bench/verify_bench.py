@@ -99,8 +99,10 @@ def run_verify(cmd: list[str]) -> dict:
 def verify_cmd(src: Path, ms_dir: Path, mode: str, baseline: Path | None = None) -> list[str]:
     args = ["verify", str(src), str(ms_dir), "--stream" if mode != "whole" else "--no-stream", "--json"]
     if mode == "baseline":
+        # the package of that revision: converter/ before it became llama_convert/
+        package = "llama_convert" if (baseline / "llama_convert").is_dir() else "converter"
         boot = (f"import sys; sys.path.insert(0, {str(baseline)!r}); sys.argv[0] = 'llama-convert'; "
-                "from converter.cli import main; main()")
+                f"from {package}.cli import main; main()")
         return [sys.executable, "-c", boot, *args]
     return [CLI, *args]
 
