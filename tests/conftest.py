@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,11 @@ import pytest
 
 # MindFormers writes its log directory under LOCAL_DEFAULT_PATH (default: ./output); keep the checkout clean.
 os.environ.setdefault("LOCAL_DEFAULT_PATH", tempfile.mkdtemp(prefix="mindformers-log-"))
+
+# Tests that press Ctrl-C expect the runs they start to hear it, as from a terminal. A shell that starts the
+# suite in the background (`./test.sh &`) hands every child SIGINT ignored; a handler here resets to the
+# default across exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
