@@ -17,9 +17,9 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
               {"dtypes", "options"}]),                   # dtypes and exact casts; what the user asked for
     ("console", [{"", "progress", "quiet", "streams"},      # what a person sees: progress, library logs, std streams
                  {"exits"}]),                            # how every command ends: exit status, one stderr line
-    ("formats", [{"", "files", "payload", "yaml"},       # tiny strict format layers
+    ("formats", [{"", "files", "payload", "yaml", "protowire"},  # tiny strict format layers
                  {"tensor"},
-                 {"safetensors", "ckpt", "torch_bin"}]),
+                 {"safetensors", "ckpt", "torch_bin", "strategy"}]),
     ("table", [{"", "ops", "value_types", "exprs"},       # the table: named ops, value types, expressions
                {"typed"},                                # YAML data -> frozen dataclasses, by type hints
                {"schema"},                               # the table language: typed sections and their checks

@@ -22,42 +22,22 @@ from ..core.dtypes import BY_CKPT, dtype as _dtype
 from ..core.errors import ConvertError
 from .files import check_not_lfs_pointer, open_input
 from .payload import PAGE, FileRanges, Payload, write_bytes
+from .protowire import LEN, VARINT, key, len_field, varint
 from .tensor import TensorRef
 
 SLICE_BYTES = 512 << 20  # MindSpore's SLICE_SIZE: 512 MiB of content per Value
-_LEN, _VARINT = 2, 0
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _key(field: int, wire: int) -> bytes:
-    return _varint(field << 3 | wire)
-
-
-def _len_field(field: int, body_len: int) -> bytes:
-    return _key(field, _LEN) + _varint(body_len)
 
 
 def value_prefix(name: str, ckpt_type: str, shape: tuple[int, ...], content_len: int) -> bytes:
     """Every byte of one Checkpoint{Value{tag, tensor}} message except the tensor content itself."""
-    dims = b"".join(_key(1, _VARINT) + _varint(d) for d in shape)  # proto2 repeated: not packed
+    dims = b"".join(key(1, VARINT) + varint(d) for d in shape)  # proto2 repeated: not packed
     ttype = ckpt_type.encode()
-    tensor_head = dims + _len_field(2, len(ttype)) + ttype + _len_field(3, content_len)
+    tensor_head = dims + len_field(2, len(ttype)) + ttype + len_field(3, content_len)
     tensor_len = len(tensor_head) + content_len
     tag = name.encode()
-    value_head = _len_field(1, len(tag)) + tag + _len_field(2, tensor_len)
+    value_head = len_field(1, len(tag)) + tag + len_field(2, tensor_len)
     value_len = len(value_head) + tensor_len
-    return _len_field(1, value_len) + value_head + tensor_head
+    return len_field(1, value_len) + value_head + tensor_head
 
 
 # A copied tensor moves at full kernel speed only when it keeps its offset modulo the page (see
@@ -71,11 +51,11 @@ def padding_record(size: int) -> bytes | None:
     """A record of the unknown pad field that is exactly `size` bytes long, or None if none is."""
     if size == 0:
         return b""
-    key = _key(_PAD_FIELD, _LEN)
+    head = key(_PAD_FIELD, LEN)
     for len_bytes in (1, 2, 3):
-        n = size - len(key) - len_bytes
-        if n >= 0 and len(_varint(n)) == len_bytes:
-            return key + _varint(n) + bytes(n)
+        n = size - len(head) - len_bytes
+        if n >= 0 and len(varint(n)) == len_bytes:
+            return head + varint(n) + bytes(n)
     return None
 
 
@@ -165,10 +145,10 @@ class _Reader:
                             "the file is truncated, corrupt, encrypted or not a .ckpt")
 
     def skip(self, wire: int, limit: int) -> None:
-        if wire == _VARINT:
+        if wire == VARINT:
             self.varint(limit)
             return
-        n = self.length(limit) if wire == _LEN else {1: 8, 5: 4}.get(wire)
+        n = self.length(limit) if wire == LEN else {1: 8, 5: 4}.get(wire)
         if n is None:
             raise self.corrupt(f"unexpected wire type {wire}")
         if n > limit - self.f.tell():
@@ -187,17 +167,17 @@ def scan(path: Path) -> tuple[list[TensorRef], list[str]]:
             if r.size - start == 17 and r.f.read(7) == b"crc_num":  # optional CRC trailer
                 break
             r.f.seek(start)
-            key = r.varint(r.size)
-            if key != (1 << 3 | _LEN):  # a field Checkpoint does not define, e.g. our padding: skip it
-                r.skip(key & 7, r.size)
+            tag_key = r.varint(r.size)
+            if tag_key != (1 << 3 | LEN):  # a field Checkpoint does not define, e.g. our padding: skip it
+                r.skip(tag_key & 7, r.size)
                 continue
             end = r.length(r.size) + r.f.tell()
             tag, tensor = None, None
             while r.f.tell() < end:
                 k = r.varint(end)
-                if k == (1 << 3 | _LEN):
+                if k == (1 << 3 | LEN):
                     tag = r.text(end, "a parameter name")
-                elif k == (2 << 3 | _LEN):
+                elif k == (2 << 3 | LEN):
                     tensor = _scan_tensor(r, r.length(end) + r.f.tell())
                 else:
                     r.skip(k & 7, end)
@@ -243,15 +223,15 @@ def _scan_tensor(r: _Reader, end: int) -> tuple[str, tuple[int, ...], tuple[int,
     while r.f.tell() < end:
         k = r.varint(end)
         field, wire = k >> 3, k & 7
-        if field == 1 and wire == _VARINT:
+        if field == 1 and wire == VARINT:
             dims.append(_dim(r, r.varint(end)))
-        elif field == 1 and wire == _LEN:  # packed dims, as other writers may emit
+        elif field == 1 and wire == LEN:  # packed dims, as other writers may emit
             stop = r.length(end) + r.f.tell()
             while r.f.tell() < stop:
                 dims.append(_dim(r, r.varint(stop)))
-        elif field == 2 and wire == _LEN:
+        elif field == 2 and wire == LEN:
             ttype = r.text(end, "a tensor type")
-        elif field == 3 and wire == _LEN:
+        elif field == 3 and wire == LEN:
             n = r.length(end)
             seg = (r.f.tell(), n)
             r.f.seek(n, 1)
