@@ -127,24 +127,33 @@ def _dims(data: bytes, signed: bool = False) -> tuple[int, ...]:
     return tuple(pw.signed(v) for v in out) if signed else tuple(out)
 
 
-def _layout(data: bytes) -> tuple[str, Layout]:
-    name, kw = None, {}
-    maps: list[tuple[int, ...]] = []
+def _named(data: bytes) -> tuple[str | None, bytes]:
+    """Both item kinds are {required string name = 1; required <message> body = 2}."""
+    name, body = None, b""
     for f, _, value in pw.fields(data):
         if f == 1:
             name = bytes(value).decode("utf-8")
         elif f == 2:
-            for g, _, v in pw.fields(value):
-                if g == 1:
-                    kw.setdefault("dev_matrix", _dims(v))
-                elif g == 2:
-                    maps.append(_dims(v, signed=True))
-                elif g == 3:
-                    kw.setdefault("param_split_shape", _dims(v, signed=True))
-                elif g == 4:
-                    kw.setdefault("indices_offset", _dims(v, signed=True))
-                elif g in (5, 6, 7):
-                    kw[{5: "field", 6: "opt_weight_shard_step", 7: "opt_weight_shard_size"}[g]] = pw.signed(v)
+            body = bytes(value)
+    return name, body
+
+
+_LAYOUT_NUMBERS = {5: "field", 6: "opt_weight_shard_step", 7: "opt_weight_shard_size"}
+
+
+def _layout(data: bytes) -> tuple[str, Layout]:
+    name, body = _named(data)
+    kw: dict = {}
+    maps: list[tuple[int, ...]] = []
+    for g, _, v in pw.fields(body):
+        if g == 1:
+            kw.setdefault("dev_matrix", _dims(v))
+        elif g == 2:
+            maps.append(_dims(v, signed=True))
+        elif g in (3, 4):
+            kw.setdefault("param_split_shape" if g == 3 else "indices_offset", _dims(v, signed=True))
+        elif g in _LAYOUT_NUMBERS:
+            kw[_LAYOUT_NUMBERS[g]] = pw.signed(v)
     if name is None or "dev_matrix" not in kw or not maps:
         raise pw.WireError("a parameter layout lacks its name, device matrix or tensor map")
     if sum(1 for m in maps if m) > 1:  # MindSpore's "one axis, two device axes" layouts
@@ -153,17 +162,14 @@ def _layout(data: bytes) -> tuple[str, Layout]:
 
 
 def _operator(data: bytes) -> OperatorStrategy:
-    name, stage, dims = "", 0, []
-    for f, _, value in pw.fields(data):
-        if f == 1:
-            name = bytes(value).decode("utf-8")
-        elif f == 2:
-            for g, _, v in pw.fields(value):
-                if g == 1:
-                    stage = v
-                elif g == 2:
-                    dims.append(_dims(v))
-    return OperatorStrategy(name, stage, tuple(dims))
+    name, body = _named(data)
+    stage, dims = 0, []
+    for g, _, v in pw.fields(body):
+        if g == 1:
+            stage = v
+        elif g == 2:
+            dims.append(_dims(v))
+    return OperatorStrategy(name or "", stage, tuple(dims))
 
 
 def decode(data: bytes) -> StrategyMap:
