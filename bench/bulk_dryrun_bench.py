@@ -12,7 +12,7 @@ sharing does not cover: "distinct configs" gives every row its own copy of confi
 in a new file, so every row is planned: headers read, config translated), and "all invalid" is a real
 run (not a dry run) of rows whose sources do not exist, which journals and reports every row.
 
-The baseline is `git archive REV converter mappings` unpacked into a temporary directory and run by the
+The baseline is `git archive REV llama_convert mappings` unpacked into a temporary directory and run by the
 same interpreter (PYTHONPATH first), on the same manifests, interleaved round by round with the current
 code. Its pairwise overlap check is quadratic, so it runs only --baseline-rows; ratios are taken at
 equal sizes. The fastest round of each is reported (the machine is shared). Writes
@@ -45,7 +45,7 @@ def manifest(work: Path, name: str, srcs: list[Path] | list[str]) -> Path:
 
 
 def baseline_tree(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "converter", "mappings"], check=True,
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "llama_convert", "mappings"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
@@ -79,14 +79,14 @@ def main() -> None:
     sizes = sorted(set(args.rows) | set(args.baseline_rows if args.baseline else []))
     srcs = link_copies(FIXTURE, work, max(sizes))
     # -P: the working directory (this checkout) does not go first on sys.path, PYTHONPATH does
-    new = [sys.executable, "-P", "-m", "converter.cli", "bulk"]
+    new = [sys.executable, "-P", "-m", "llama_convert.cli", "bulk"]
     env_new = {**os.environ, "PYTHONPATH": str(REPO)}
     cases: dict[str, tuple[list[str], dict | None, Path]] = {}
     with tempfile.TemporaryDirectory(prefix="bulk-baseline-") as tmp:
         env_old = {**os.environ, "PYTHONPATH": str(baseline_tree(args.baseline, Path(tmp)))} if args.baseline else None
         for env, want in ((env_new, REPO), (env_old, Path(tmp))):
             if env is not None:
-                where = subprocess.run([sys.executable, "-P", "-c", "import converter; print(converter.__file__)"],
+                where = subprocess.run([sys.executable, "-P", "-c", "import llama_convert; print(llama_convert.__file__)"],
                                        env=env, capture_output=True, text=True, check=True).stdout.strip()
                 assert Path(where).is_relative_to(want), f"{where} is not the code under {want}"
         for n in sizes:

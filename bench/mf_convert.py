@@ -25,7 +25,7 @@ def main() -> None:
     from mindformers.models import LlamaConfig, LlamaForCausalLM
     from mindformers.utils.safetensors.convert_safetensors import convert_hf_safetensors_multiprocess
 
-    from converter import HF2MSOptions, plan_hf2ms
+    from llama_convert import HF2MSOptions, plan_hf2ms
     fields = plan_hf2ms(src, HF2MSOptions(format="safetensors")).model_config
     convert_hf_safetensors_multiprocess(str(src), str(out), LlamaForCausalLM, LlamaConfig(**fields))
 

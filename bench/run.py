@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--rounds 3] [--models llama-3.2-1b llama-3.2-3b] [--no-mindformers] [--verify]
     .venv/bin/python bench/run.py --only "sha256 floor (2 x input)" "hf2ms ckpt" --rounds 10 --out bench/floor_results.json
+    .venv/bin/python bench/run.py --only "hf2ms ckpt" ms2hf --against ../before --models llama-3.2-1b --out bench/house_results.json
 
 Generates the synthetic checkpoints first (bench/make_checkpoints.py, cached in bench/cache).
 Each command runs in a fresh output directory after `sync` (so no command pays for another's
@@ -59,7 +60,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def largest_output_tensor(src: Path) -> int:
-    from converter import HF2MSOptions, plan_hf2ms
+    from llama_convert import HF2MSOptions, plan_hf2ms
     return max(t.nbytes for t in plan_hf2ms(src, HF2MSOptions(qkv_concat=True)).tensors)
 
 
@@ -88,7 +89,15 @@ def commands(src: Path, out: Path, ms_dir: Path, with_mf: bool) -> dict[str, lis
     return cmds
 
 
-def bench_model(name: str, rounds: int, with_mf: bool, work: Path, only: list[str] | None = None) -> dict:
+def before(cmds: dict[str, list[str]], checkout: Path) -> dict[str, list[str]]:
+    """The same conversions run by another checkout's CLI (its own .venv), interleaved with ours in the
+    same rounds: a change's cost, measured as a ratio the machine's noise cannot fake."""
+    cli = str(checkout / ".venv" / "bin" / "llama-convert")
+    return {f"{label} [before]": [cli, *cmd[1:]] for label, cmd in cmds.items() if cmd[0] == CLI}
+
+
+def bench_model(name: str, rounds: int, with_mf: bool, work: Path, only: list[str] | None = None,
+                against: Path | None = None) -> dict:
     sys.path.insert(0, str(HERE))
     from make_checkpoints import make
     src = make(name, HERE / "cache")
@@ -103,6 +112,8 @@ def bench_model(name: str, rounds: int, with_mf: bool, work: Path, only: list[st
         if unknown:
             sys.exit(f"--only: no command labelled {sorted(unknown)}; the labels are {list(cmds)}")
         cmds = {k: v for k, v in cmds.items() if k in only or k == "cp -r"}  # every ratio divides by cp
+    if against:
+        cmds.update(before(cmds, against))
     runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
     sizes: dict[str, int | None] = {}
     env = {**os.environ, "GLOG_v": "3", "LOCAL_DEFAULT_PATH": str(work / "mindformers-logs")}
@@ -198,6 +209,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "cache" / "work")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     ap.add_argument("--report", action="store_true", help="only print the table of an existing --out file")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="also run each conversion with CHECKOUT's .venv/bin/llama-convert, labelled [before]")
     args = ap.parse_args()
     if args.report:
         results = json.loads(args.out.read_text())
@@ -212,7 +225,7 @@ def main() -> None:
                "rounds": args.rounds, "models": {}}
     for name in args.models:
         results["models"][name] = bench_model(name, args.rounds, have_mf and name in args.mindformers_on, args.work,
-                                              args.only)
+                                              args.only, args.against)
     if args.verify:
         results["verify_1b"] = verify_cost(args.work)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -26,7 +26,7 @@ PROBE = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
-import converter.mapping as mapping
+import llama_convert.table.loader as mapping
 t1 = time.perf_counter()
 mapping.shipped_tables()  # what choosing the table for a model loads: every shipped table
 t2 = time.perf_counter()

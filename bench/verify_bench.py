@@ -1,17 +1,21 @@
-"""Benchmark `verify`: whole-model against streamed on the 1B and 3B shapes, streamed (and the
-conversion) on an 8B shape.
+"""Benchmark `verify` on model shapes with a trained model's logits: its verdict numbers (distance from
+the float64 reference, the float32 noise, their ratio), its time and memory, whole-model against
+streamed, and against an earlier version's verify (the fixed-tolerance gate) on the same shapes.
 
-    .venv/bin/python bench/verify_bench.py [--cache bench/cache] [--rounds 3] [--models llama-3.2-1b llama-3.2-3b]
-                                           [--big llama-3.1-8b | --no-big] [--keep]
+    .venv/bin/python bench/verify_bench.py [--cache bench/cache] [--rounds 2]
+        [--models llama-3.2-1b-x16 llama-3.2-3b-x16] [--big llama-3.1-8b-x16 | --no-big]
+        [--baseline DIR] [--keep]
 
-The checkpoints come from bench/make_checkpoints.py (seeded, cached; the 8B one is 15 GiB) and are
-converted once with `hf2ms --no-hash` beside them. Each verify runs as a fresh CLI process; wall
-time and the peak RSS of its process tree are measured by bench/run.py's poller. The small shapes
-run both modes interleaved, round by round, and the fastest round of each is reported, because the
+The checkpoints come from bench/make_checkpoints.py (seeded, cached; NAME-x16 has its embedding and
+lm_head scaled by 16, so logits have a trained model's size; the 8B one is 15 GiB) and are converted
+once with `hf2ms --no-hash` beside them. Each verify runs as a fresh CLI process with --json; wall
+time and the peak RSS of its process tree are measured as bench/run.py does. The small shapes run
+their modes interleaved, round by round, and the fastest round of each is reported, because the
 machine is shared and noisy; the load average before each model is recorded with the numbers.
 Whole-model mode is skipped (and said to be) where verify's own estimate of it exceeds the memory
-available: running it would only summon the OOM killer on a shared machine. The 8B conversion
-output is deleted after measuring unless --keep.
+available. --baseline DIR times the verify of another checkout (e.g. `git archive main converter
+mappings | tar -x -C DIR`: the fixed 1e-4 gate) streamed on the same converted model, interleaved;
+its exit status is its verdict, recorded. The 8B conversion output is deleted after unless --keep.
 Writes bench/verify_results.json and bench/verify_results.md.
 """
 from __future__ import annotations
@@ -21,9 +25,13 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,102 +56,138 @@ def converted(src: Path, out: Path) -> tuple[Path, dict | None]:
 
 
 def whole_estimate(src: Path) -> int:
-    from converter.hf_source import open_hf_dir
-    from converter.verify import whole_model_estimate
+    from llama_convert.sources.hf import open_hf_dir
+    from llama_convert.verify import whole_model_estimate
     return whole_model_estimate(open_hf_dir(src).tensors)
 
 
 def available() -> int:
-    from converter.machine import available_memory
+    from llama_convert.core.machine import available_memory
     return available_memory()
 
 
-def verify_cmd(src: Path, ms_dir: Path, mode: str) -> list[str]:
-    return [CLI, "verify", str(src), str(ms_dir), "--stream" if mode == "streamed" else "--no-stream"]
+def run_verify(cmd: list[str]) -> dict:
+    """One verify process: seconds, peak RSS of its tree, exit status, and its JSON report (if any)."""
+    with tempfile.NamedTemporaryFile("w+", suffix=".json") as out:
+        start, peak = time.perf_counter(), 0
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peak = max(peak, sum(p.memory_info().rss for p in [root] + root.children(recursive=True)
+                                     if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.01)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        try:
+            report = json.loads(out.read())
+        except ValueError:
+            report = None
+    run = {"seconds": wall, "peak_rss_bytes": peak, "exit": proc.returncode}
+    if report:
+        worst = max((r for r in report.get("layers") or [] if isinstance(r.get("ratio"), (int, float))),
+                    key=lambda r: r["ratio"], default=None)
+        run |= {k: report.get(k) for k in ("passed", "max_abs_diff", "logits_distance", "logits_noise", "logits_ratio",
+                                             "reference_seconds", "first_divergent_layer", "failures")}
+        run["worst_place"] = worst and {"place": worst["place"], "ratio": worst["ratio"]}
+        run["layers"] = report.get("layers")
+    return run
 
 
-def bench_small(name: str, cache: Path, rounds: int) -> dict:
+def verify_cmd(src: Path, ms_dir: Path, mode: str, baseline: Path | None = None) -> list[str]:
+    args = ["verify", str(src), str(ms_dir), "--stream" if mode != "whole" else "--no-stream", "--json"]
+    if mode == "baseline":
+        # the package of that revision: converter/ before it became llama_convert/
+        package = "llama_convert" if (baseline / "llama_convert").is_dir() else "converter"
+        boot = (f"import sys; sys.path.insert(0, {str(baseline)!r}); sys.argv[0] = 'llama-convert'; "
+                f"from {package}.cli import main; main()")
+        return [sys.executable, "-c", boot, *args]
+    return [CLI, *args]
+
+
+def bench_model(name: str, cache: Path, rounds: int, baseline: Path | None, big: bool, keep: bool) -> dict:
     src = make(name, cache)
-    ms_dir, _ = converted(src, cache / f"{name}-verify-ms")
-    estimate, avail = whole_estimate(src), available()
-    modes = ["whole", "streamed"] if estimate <= avail else ["streamed"]
-    row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load_average": os.getloadavg(), "whole_estimate_bytes": estimate,
-           "available_bytes": avail, "runs": {m: [] for m in modes}}
-    for r in range(rounds):
-        for mode in modes if r % 2 == 0 else modes[::-1]:
-            wall, peak, rc = measure(verify_cmd(src, ms_dir, mode))
-            row["runs"][mode].append({"seconds": wall, "peak_rss_bytes": peak, "exit": rc})
-            print(f"  {name} {mode} round {r + 1}: {wall:.1f} s, {peak / GIB:.2f} GiB, exit {rc}", flush=True)
-    return row
-
-
-def bench_big(name: str, cache: Path, keep: bool) -> dict:
-    src = make(name, cache)
-    row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load_average": os.getloadavg(), "whole_estimate_bytes": whole_estimate(src),
-           "input_bytes": sum(p.stat().st_size for p in src.glob("*.safetensors"))}
     out = cache / f"{name}-verify-ms"
-    shutil.rmtree(out, ignore_errors=True)
-    _, row["hf2ms"] = converted(src, out)
-    print(f"  {name} hf2ms --no-hash: {row['hf2ms']['seconds']:.1f} s, "
-          f"{row['hf2ms']['peak_rss_bytes'] / GIB:.2f} GiB", flush=True)
-    wall, peak, rc = measure(verify_cmd(src, out, "streamed"))
-    row["runs"] = {"streamed": [{"seconds": wall, "peak_rss_bytes": peak, "exit": rc}]}
-    print(f"  {name} streamed: {wall:.1f} s, {peak / GIB:.2f} GiB, exit {rc}", flush=True)
-    if not keep:
+    if big:
+        shutil.rmtree(out, ignore_errors=True)
+    ms_dir, conversion = converted(src, out)
+    estimate, avail = whole_estimate(src), available()
+    modes = (["whole"] if estimate <= avail and not big else []) + ["streamed"] + (["baseline"] if baseline else [])
+    row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_average": os.getloadavg(), "whole_estimate_bytes": estimate, "available_bytes": avail,
+           "hf2ms": conversion if big else None, "runs": {m: [] for m in modes}}
+    for r in range(1 if big else rounds):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            run = run_verify(verify_cmd(src, ms_dir, mode, baseline))
+            row["runs"][mode].append(run)
+            print(f"  {name} {mode} round {r + 1}: {run['seconds']:.1f} s, {run['peak_rss_bytes'] / GIB:.2f} GiB, "
+                  f"exit {run['exit']}, logits ratio {run.get('logits_ratio')}", flush=True)
+    if big and not keep:
         shutil.rmtree(out, ignore_errors=True)
     return row
 
 
-def best(runs: list[dict]) -> dict | None:
-    ok = [r for r in runs if r["exit"] == 0]
+def best(runs: list[dict], verdicts=(0,)) -> dict | None:
+    ok = [r for r in runs if r["exit"] in verdicts]
     return min(ok, key=lambda r: r["seconds"]) if ok else None
 
 
+def _f(x, spec: str) -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | verify whole-model s | peak RSS GiB | verify streamed s | peak RSS GiB | streamed / whole "
-             "| hf2ms --no-hash s, RSS GiB | load avg |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | logits distance | noise | ratio | worst stage (ratio) | max_abs_diff vs HF f32 | verdict "
+             "| streamed s | peak RSS GiB | of which float64 reference s | baseline streamed s, RSS GiB, exit "
+             "| whole-model s, RSS GiB | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        whole = best(row["runs"].get("whole", []))
-        streamed = best(row["runs"]["streamed"])
-        if whole:
-            w = f"{whole['seconds']:.0f} | {whole['peak_rss_bytes'] / GIB:.1f}"
-        else:
-            w = f"not run: needs ~{row['whole_estimate_bytes'] / GIB:.0f} GiB | -"
-        s = f"{streamed['seconds']:.0f} | {streamed['peak_rss_bytes'] / GIB:.1f}" if streamed else "failed | -"
-        ratio = f"{streamed['seconds'] / whole['seconds']:.2f}" if whole and streamed else "-"
-        conv = row.get("hf2ms")
-        c = f"{conv['seconds']:.0f} s, {conv['peak_rss_bytes'] / GIB:.2f}" if conv else "-"
+        s = best(row["runs"]["streamed"], (0, 1))
+        whole = best(row["runs"].get("whole", []), (0, 1))
+        base = best(row["runs"].get("baseline", []), (0, 1))
+        worst = s and s.get("worst_place")
+        w = f"{whole['seconds']:.0f}, {whole['peak_rss_bytes'] / GIB:.1f}" if whole else \
+            f"not run: needs ~{row['whole_estimate_bytes'] / GIB:.0f} GiB"
+        b = f"{base['seconds']:.0f}, {base['peak_rss_bytes'] / GIB:.1f}, {base['exit']}" if base else "-"
         load = "/".join(f"{x:.1f}" for x in row["load_average"])
-        lines.append(f"| {row['model']} | {w} | {s} | {ratio} | {c} | {load} |")
+        if not s:
+            lines.append(f"| {row['model']} | failed | | | | | | | | | {b} | {w} | {load} |")
+            continue
+        lines.append(f"| {row['model']} | {_f(s.get('logits_distance'), '.2e')} | {_f(s.get('logits_noise'), '.2e')} "
+                     f"| {_f(s.get('logits_ratio'), '.2f')} | {worst['place'] if worst else '-'} "
+                     f"({_f(worst and worst['ratio'], '.2f')}) | {_f(s.get('max_abs_diff'), '.2e')} "
+                     f"| {'PASS' if s['exit'] == 0 else 'FAIL'} | {s['seconds']:.0f} | {s['peak_rss_bytes'] / GIB:.1f} "
+                     f"| {_f(s.get('reference_seconds'), '.0f')} | {b} | {w} | {load} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=HERE / "cache")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--models", nargs="*", default=["llama-3.2-1b", "llama-3.2-3b"])
-    ap.add_argument("--big", default="llama-3.1-8b")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--models", nargs="*", default=["llama-3.2-1b-x16", "llama-3.2-3b-x16"])
+    ap.add_argument("--big", default="llama-3.1-8b-x16")
     ap.add_argument("--no-big", action="store_true")
+    ap.add_argument("--baseline", type=Path, default=None, help="a checkout whose verify is timed beside this one")
     ap.add_argument("--keep", action="store_true", help="keep the 8B conversion output")
     args = ap.parse_args()
-    rows = [bench_small(name, args.cache, args.rounds) for name in args.models]
+    rows = [bench_model(name, args.cache, args.rounds, args.baseline, False, args.keep) for name in args.models]
     if not args.no_big:
-        rows.append(bench_big(args.big, args.cache, args.keep))
+        rows.append(bench_model(args.big, args.cache, 1, args.baseline, True, args.keep))
     # Rows of models not measured in this run are kept from earlier runs (each row has its own load
     # average and time), so the 8B shape and the small ones can be measured separately.
     results = HERE / "verify_results.json"
     earlier = json.loads(results.read_text())["rows"] if results.exists() else []
     measured = {row["model"] for row in rows}
-    order = ["llama-3.2-1b", "llama-3.2-3b", args.big]
-    rows = sorted([r for r in earlier if r["model"] not in measured] + rows,
+    order = ["llama-3.2-1b-x16", "llama-3.2-3b-x16", "llama-3.1-8b-x16"]
+    rows = sorted([r for r in earlier if r["model"] not in measured and "streamed" in r["runs"]
+                   and "logits_ratio" in (r["runs"]["streamed"] or [{}])[0]] + rows,
                   key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-    header = (f"Measured on {platform.node()} "
-              f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB RAM, "
-              f"verify on CPU (float32), batch 2 x 64, fastest of {args.rounds} interleaved rounds for the small shapes.")
+    header = (f"Measured on {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+              f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB RAM, verify on CPU (float32), "
+              f"batch 2 x 64, fastest of {args.rounds} interleaved rounds for the small shapes, one run of the big one.")
     text = header + "\n\n" + table(rows) + "\n"
     results.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     (HERE / "verify_results.md").write_text(text)

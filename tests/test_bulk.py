@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, make_hub_cache, refused, run_cli
+from conftest import ALL_MODEL_DIRS, FIXTURES, make_hub_cache, run_cli
 
 EXE = str(Path(sys.executable).parent / "llama-convert")
 
@@ -49,7 +49,7 @@ def test_csv_and_yaml_manifests_say_the_same_as_jsonl_and_rows_beat_defaults_bea
         seen[name] = [(r["id"], r["out"], r["action"]) for r in json.loads(proc.stdout)["rows"]]
     assert seen["m.csv"] == seen["m.yaml"] == seen["m.jsonl"]
     assert [r[1] for r in seen["m.csv"]] == [str(tmp_path / "a"), str(tmp_path / "b")]  # relative to the manifest
-    from converter.bulk.manifest import read_manifest
+    from llama_convert.bulk.manifest import read_manifest
     for name, fmt in (("m.csv", "ckpt"), ("m.yaml", "safetensors"), ("m.jsonl", "safetensors")):
         a, b = read_manifest(tmp_path / name, {"dtype": "bfloat16", "format": "ckpt"})
         assert (a.options.dtype, a.options.format) == ("bfloat16", fmt), name   # defaults beat the command line

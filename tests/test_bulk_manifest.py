@@ -115,7 +115,7 @@ def test_a_row_with_a_problem_of_its_own_is_invalid_with_its_line_and_key_and_th
     statuses = [r["status"] for r in report["rows"]]
     assert statuses == ["converted"] + ["invalid"] * 8 + ["converted"]
     reasons = [r["reason"] for r in report["rows"][1:-1]]
-    expected = ["line 2: unknown key 'dtyp'", "line 3: dtype='float8'", "line 4: seq_length must be between 1",
+    expected = ["line 2: unknown key 'dtyp'", "line 3: dtype is 'float8'; choose one of keep", "line 4: seq_length must be between 1",
                 "line 5: source no-such-model does not exist", "line 6: out", "line 7: out holds a NUL byte",
                 "line 8: note must be a non-empty string", "line 9: qkv_concat is not an option of ms2hf"]
     for reason, needle in zip(reasons, expected):
@@ -234,7 +234,7 @@ def test_rows_whose_sources_are_the_same_files_are_planned_once(tmp_path):
         (copied / f.name).write_bytes(f.read_bytes())
     m = write_manifest(tmp_path / "m.jsonl", [{"src": str(s), "out": f"ms/{s.name}"} for s in [*srcs, copied]] +
                        [{"src": str(srcs[0]), "out": "ms/st", "format": "safetensors"}])
-    from converter import BulkOptions, plan_bulk
+    from llama_convert import BulkOptions, plan_bulk
     plan = plan_bulk(m, BulkOptions())
     assert plan["plans"] == {"built": 3, "shared": 19}   # the links, the copy, other options
     assert {r["memory_estimate"] for r in plan["rows"][:21]} == {plan["rows"][0]["memory_estimate"]}
@@ -242,7 +242,7 @@ def test_rows_whose_sources_are_the_same_files_are_planned_once(tmp_path):
 
 
 def test_sources_may_repeat_and_nest_but_nothing_may_overlap_an_output_or_the_report():
-    from converter.bulk.overlap import MANIFEST, OUT, REPORT, RETRY, SOURCE, Named, conflicts
+    from llama_convert.bulk.overlap import MANIFEST, OUT, REPORT, RETRY, SOURCE, Named, conflicts
 
     def at(path: str, kind: str, role: str, where: str | None = None) -> Named:
         return Named(path.replace("/", "\0"), kind, role, path, where)

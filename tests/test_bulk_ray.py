@@ -90,13 +90,13 @@ CLUSTER = """
 import json, sys
 import ray
 from ray.cluster_utils import Cluster
-import converter
+import llama_convert
 node = {"num_cpus": 1, "memory": 2**30, "object_store_memory": 80 * 2**20}
 cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
 cluster.add_node(**node)
 ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
 try:
-    reports = [converter.run_bulk(m, converter.BulkOptions(executor="ray")) for m in sys.argv[1:]]
+    reports = [llama_convert.run_bulk(m, llama_convert.BulkOptions(executor="ray")) for m in sys.argv[1:]]
 finally:
     ray.shutdown()
     cluster.shutdown()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, REAL_CONFIG_FILES, REAL_MODELS
-from converter.config_rules import translate
-from converter.errors import ConvertError
-from converter.mapping import load_table
-from converter.options import HF2MSOptions
+from llama_convert.table.config_rules import translate
+from llama_convert.core.errors import ConvertError
+from llama_convert.table.loader import load_table
+from llama_convert.core.options import HF2MSOptions
 
 TABLE = load_table()
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from conftest import FIXTURES, refused, run_cli
-from converter import HF2MSOptions, convert_hf2ms
-from converter.errors import ConvertError
-from converter.mapping import load_table, tables_dir
+from llama_convert import HF2MSOptions, convert_hf2ms
+from llama_convert.core.errors import ConvertError
+from llama_convert.table.loader import load_table, tables_dir
 
 MHA = FIXTURES / "mha-untied-fp32"       # 4 heads, 4 KV heads, 2 layers, no rope scaling
 LLAMA3 = FIXTURES / "gqa-llama3-rope"    # llama3 rope scaling, generation_config.json
@@ -260,7 +260,7 @@ def test_verify_names_every_structural_key_that_differs(tmp_path):
 
 
 def test_verify_of_an_untied_conversion_of_a_tied_model_is_not_a_different_model(tmp_path):
-    from converter.verify import refuse_different_models
+    from llama_convert.verify import refuse_different_models
     convert_hf2ms(LLAMA3, tmp_path / "ms", HF2MSOptions(untie=True))
     refuse_different_models(LLAMA3, tmp_path / "ms")  # hf2ms --untie copies the embedding: same model
 
@@ -299,7 +299,7 @@ def test_a_table_error_is_one_line_naming_the_table_file_and_entry(tmp_path, old
 
 BOOM = """
 import sys
-from converter.cli import main
+from llama_convert.cli import main
 @main.command()
 def boom():
     raise RuntimeError("an invariant broke")

@@ -132,7 +132,7 @@ def test_two_runs_into_one_new_out_dir_never_both_succeed(big_src, tmp_path):
 
 def test_sigterm_during_a_library_conversion_removes_the_partial_output_and_ends_the_process(big_src, tmp_path):
     # A script calling the API, with SIGTERM at its default: the process still dies by SIGTERM, cleaned up.
-    code = f"from converter import convert_hf2ms; convert_hf2ms({str(big_src)!r}, {str(tmp_path / 'out')!r})"
+    code = f"from llama_convert import convert_hf2ms; convert_hf2ms({str(big_src)!r}, {str(tmp_path / 'out')!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     wait_for_partial(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)

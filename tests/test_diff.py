@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_cli
-from converter import HF2MSOptions, convert_hf2ms, diff_checkpoints
+from llama_convert import HF2MSOptions, convert_hf2ms, diff_checkpoints
 from planting import BITS, STAGE_TENSORS, plant
 
 SRC = FIXTURES / "mha-untied-fp32"

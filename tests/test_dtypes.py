@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES
-from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf
-from converter.dtypes import cast, cast_bytes, widen
+from llama_convert import convert_hf2ms, convert_ms2hf
+from llama_convert.core.dtypes import cast, cast_bytes, widen
 
 EVERY_16_BITS = np.arange(1 << 16, dtype=np.uint16)
 

@@ -157,7 +157,7 @@ def python_without(tmp: Path, *hidden: str) -> list[str]:
         if top not in hidden:
             (shadow / entry.name).symlink_to(entry)
     code = (f"import sys; sys.path[:0] = [{str(shadow)!r}, {str(REPO)!r}]; sys.argv[0] = 'llama-convert'; "
-            "from converter.cli import main; main()")
+            "from llama_convert.cli import main; main()")
     return [sys.executable, "-S", "-c", code]
 
 

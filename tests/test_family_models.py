@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REAL_FAMILY, refused, run_cli
-from converter import HF2MSOptions, convert_hf2ms, plan_ms2hf
-from converter.verify import MSSide
+from llama_convert import HF2MSOptions, convert_hf2ms, plan_ms2hf
+from llama_convert.verify import MSSide
 
 QWEN2 = REAL_FAMILY / "tiny-random-qwen2-qkvbias-neural-api"
 MISTRAL_SWA4 = REAL_FAMILY / "tiny-random-mistral-swa4-neural-api"   # sliding_window 4, 16 positions

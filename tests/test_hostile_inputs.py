@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import FIXTURE_DIRS, FIXTURES, REAL_CONFIG_FILES, run_cli, tree_hash
-from converter.cli import main
+from llama_convert.cli import main
 
 SHARDED = FIXTURES / "gqa-tied-bf16-sharded"
 SAFETENSORS_FILES = sorted(p for d in FIXTURE_DIRS for p in d.glob("*.safetensors"))

@@ -1,61 +1,73 @@
-"""The layout reads as the pipeline: readers -> plan -> execute -> write -> report, each module one job,
-and no module imports one above it. Checked on the source, imports inside functions included."""
+"""The package's folders are the pipeline's rooms (core -> console -> formats -> table -> sources -> plan ->
+output -> compare -> verify -> bulk -> the front doors), each module one job, and no module imports one
+above it. Checked on the source, imports inside functions included."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "converter"
+PACKAGE = Path(__file__).resolve().parent.parent / "llama_convert"
 
-# Lowest first. A module may import only modules in a strictly lower layer; the top layer (the API
-# front door and the CLI) may import anything, since nothing in the package imports it.
-LAYERS: list[set[str]] = [
-    {"errors", "version", "machine"},
-    {"paths", "extras"},                # paths resolved without looping; optional dependencies by extra
-    {"progress", "noise"},              # what a person sees: progress, library logs kept quiet
-    {"dtypes", "options", "ops", "value_types", "exprs"},
-    {"typed"},                          # YAML data -> frozen dataclasses, by their type hints
-    {"formats", "formats.files", "formats.payload"},
-    {"formats.tensor"},
-    {"formats.safetensors", "formats.ckpt", "formats.torch_bin"},
-    {"table"},                          # the table language: typed sections, checks a schema cannot make
-    {"mapping"},                        # the tables: found, read with extends:, cached, chosen
-    {"edges"},                          # one model's mapping, read both ways
-    {"config_rules"},                   # the table's config rules, both ways
-    {"checkpoint"},                     # what both readers return
-    {"hf_source", "ms_source"},         # readers
-    {"plan"},                           # both directions, from the same edges
-    {"outdir", "hashing"},              # the out-dir transaction, sha256 of files
-    {"report"},                         # what was done, conversion.json included
-    {"execute"},                        # payloads, writers, orchestration
-    {"compare"},                        # read and compare checkpoints through the mapping
-    {"verify.facts", "verify.options", "verify.memory"},          # verify: what it knows, is asked, holds
-    {"verify.metrics", "verify.report", "verify.stages"},         # verify: numbers, record, stage hooks
-    {"verify.reference", "verify.same_model"},                    # verify: float64 run, same-model check
-    {"verify.hf_side", "verify.ms_side"},                         # verify: the two sides
-    {"verify.config_parity", "verify.text"},                      # verify: configs, the text report
-    {"verify.gate"},                                              # verify: one run, one verdict
-    {"verify"},                                                   # verify: its front door
-    {"bulk.overlap"},                   # bulk: which paths of a run nest
-    {"bulk", "bulk.manifest", "bulk.memory", "bulk.journal", "bulk.runner", "bulk.sources"},  # bulk: parts
-    {"bulk.done", "bulk.local", "bulk.ray_exec"},  # bulk: the done-check, the executors
-    {"bulk.planner"},                   # bulk: rows' plans, shared between identical sources
-    {"bulk.driver"},                    # bulk: one run, start to end
-    {"cli", "__init__"},
+# The package's folders are the pipeline's rooms, lowest first, each with the order of its own modules
+# (lowest first). A module may import a module of a lower room, or of its own room in a lower layer;
+# never one beside it or above it. The front doors (the library API and the CLI) stand on top.
+ROOMS: list[tuple[str, list[set[str]]]] = [
+    ("core", [{"", "errors", "version", "machine"},          # what every room stands on
+              {"paths", "extras", "sizes", "signals"},  # paths without loops, optional extras, byte sizes
+              {"dtypes", "options"}]),                   # dtypes and exact casts; what the user asked for
+    ("console", [{"", "progress", "quiet", "streams"},      # what a person sees: progress, library logs, std streams
+                 {"exits"}]),                            # how every command ends: exit status, one stderr line
+    ("formats", [{"", "files", "payload", "yaml", "protowire"},  # tiny strict format layers
+                 {"tensor"},
+                 {"safetensors", "ckpt", "torch_bin", "strategy"}]),
+    ("table", [{"", "ops", "value_types", "exprs"},       # the table: named ops, value types, expressions
+               {"typed"},                                # YAML data -> frozen dataclasses, by type hints
+               {"schema"},                               # the table language: typed sections and their checks
+               {"loader"},                               # tables found, read with extends:, cached, chosen
+               {"edges"},                                # one model's mapping, read both ways
+               {"config_rules"}]),                       # the config rules, both ways
+    ("sources", [{"", "checkpoint"},                     # what every reader returns
+                 {"hf", "ms"},                           # readers of HF and MindSpore directories
+                 {"detect"}]),                           # which side a path is
+    ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
+    ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
+                {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
+                {"transaction"},                         # written aside, renamed into place
+                {"run_yaml", "materialize"},             # the files beside the weights; tensors' bytes made
+                {"report"},                              # what was done, conversion.json included
+                {"execute"}]),                           # a plan carried out tensor by tensor
+    ("compare", [{"", "inspect", "diff"}]),               # checkpoints read and compared through the table
+    ("verify", [{"options", "memory"},                   # what it is asked, what it holds
+                {"metrics", "report", "stages"},         # numbers, record, stage hooks
+                {"reference", "same_model"},             # float64 run, same-model check
+                {"hf_side", "ms_side"},                  # the two sides
+                {"config_parity", "text"},               # configs, the text report
+                {"gate"},                                # one run, one verdict
+                {""}]),                                  # its front door
+    ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked
+              {"", "manifest", "memory", "journal", "runner", "sources"},
+              {"done", "local", "ray_exec"},             # the done-check, the executors
+              {"planner"},                               # rows' plans, shared between identical sources
+              {"driver"}]),                              # one run, start to end
+    # The front doors: the library API; the command, the package, and the entry point of a bulk row's child
+    # process (a command given as data), which stand where nothing imports them.
+    ("", [{"api"}, {"cli", "__init__", "bulk.row"}]),
 ]
-TOP = LAYERS[-1]
+LAYERS: list[set[str]] = [{f"{room}.{m}".strip(".") if m else room for m in layer} for room, layers in ROOMS
+                          for layer in layers]
+TOP = {"cli", "__init__", "bulk.row"}
 
 
 def layer_of(module: str) -> int:
     for i, layer in enumerate(LAYERS):
         if module in layer:
             return i
-    raise AssertionError(f"converter/{module.replace('.', '/')}.py is in no layer of tests/test_layout.py: "
-                         "add it to LAYERS where its imports put it")
+    raise AssertionError(f"llama_convert/{module.replace('.', '/')}.py is in no layer of tests/test_layout.py: "
+                         "add it to ROOMS, in the room of its folder, where its imports put it")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
-    """converter/formats/ckpt.py -> formats.ckpt; converter/formats/__init__.py -> formats; the
+    """llama_convert/formats/ckpt.py -> formats.ckpt; llama_convert/formats/__init__.py -> formats; the
     package's own __init__.py -> __init__."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__" and len(parts) > 1:
@@ -63,22 +75,22 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts)
 
 
-def converter_imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
-    """(line, module) for every import of another converter module in the file, wherever it sits:
+def package_imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
+    """(line, module) for every import of another llama_convert module in the file, wherever it sits:
     at the top, inside a function, under `if TYPE_CHECKING`."""
     rel = path.relative_to(root)
     package = list(rel.parent.parts)  # where `from .x` starts looking
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name.removeprefix("converter").lstrip(".") or "__init__")
-                      for a in node.names if a.name.split(".")[0] == "converter"]
+            found += [(node.lineno, a.name.removeprefix("llama_convert").lstrip(".") or "__init__")
+                      for a in node.names if a.name.split(".")[0] == "llama_convert"]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[:len(package) - (node.level - 1)]
                 module = node.module
-            elif (node.module or "").split(".")[0] == "converter":
-                base, module = [], node.module.removeprefix("converter").lstrip(".") or None
+            elif (node.module or "").split(".")[0] == "llama_convert":
+                base, module = [], node.module.removeprefix("llama_convert").lstrip(".") or None
             else:
                 continue
             found += _resolve(node, base, module, root)
@@ -114,19 +126,19 @@ def test_no_module_imports_one_above_it_or_beside_it():
         me = module_name(path) or "__init__"
         if me in TOP:
             continue
-        for line, target in converter_imports(path):
+        for line, target in package_imports(path):
             if layer_of(target) >= layer_of(me):
                 how = "above" if layer_of(target) > layer_of(me) else "in the same layer as"
-                shown = "converter (the package front door)" if target == "__init__" else f"converter.{target}"
-                wrong.append(f"converter/{path.relative_to(PACKAGE)}:{line} imports {shown}, which is {how} "
-                             f"converter.{me} in LAYERS")
+                shown = "llama_convert (the package front door)" if target == "__init__" else f"llama_convert.{target}"
+                wrong.append(f"llama_convert/{path.relative_to(PACKAGE)}:{line} imports {shown}, which is {how} "
+                             f"llama_convert.{me} in ROOMS")
     assert not wrong, "imports that run up the pipeline:\n  " + "\n  ".join(wrong)
 
 
 def test_the_layer_check_sees_imports_inside_functions_and_of_the_front_door(tmp_path):
     # The check is only worth something if it catches the imports that tempt most: a lazy one inside
     # a function, and the package front door for its __version__.
-    fake = tmp_path / "converter"
+    fake = tmp_path / "llama_convert"
     (fake / "formats").mkdir(parents=True)
     for name in ("__init__.py", "execute.py", "ops.py", "formats/__init__.py", "formats/files.py",
                  "formats/tensor.py"):
@@ -136,7 +148,7 @@ def test_the_layer_check_sees_imports_inside_functions_and_of_the_front_door(tmp
     (fake / "formats" / "ckpt.py").write_text("from ..errors import ConvertError\n"
                                               "from .files import check_regular\n"
                                               "from . import tensor\n"
-                                              "import converter.plan\n")
-    assert converter_imports(fake / "hf_source.py", fake) == [(1, "__init__"), (1, "ops"), (3, "execute")]
-    assert converter_imports(fake / "formats" / "ckpt.py", fake) == [
+                                              "import llama_convert.plan\n")
+    assert package_imports(fake / "hf_source.py", fake) == [(1, "__init__"), (1, "ops"), (3, "execute")]
+    assert package_imports(fake / "formats" / "ckpt.py", fake) == [
         (1, "errors"), (2, "formats.files"), (3, "formats.tensor"), (4, "plan")]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, run_cli
-from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf
-from converter.config_rules import rope_settings
-from converter.formats import ckpt, safetensors as st
+from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf
+from llama_convert.table.config_rules import rope_settings
+from llama_convert.formats import ckpt, safetensors as st
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True)))
 IDS = [f"{s.name}-{f}{'-qkv' if q else ''}" for s, f, q in COMBOS]

@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from converter import ops
-from converter.dtypes import cast, cast_bytes
-from converter.formats import ckpt, safetensors as st_format
-from converter.formats.payload import InMemory
+from llama_convert.table import ops
+from llama_convert.core.dtypes import cast, cast_bytes
+from llama_convert.formats import ckpt, safetensors as st_format
+from llama_convert.formats.payload import InMemory
 
 
 @st.composite
@@ -133,8 +133,8 @@ def test_ckpt_scan_rejects_truncation(tmp_path):
 
 
 def test_buffered_copy_path_writes_the_same_bytes_as_the_kernel_path(tmp_path, monkeypatch):
-    from converter import HF2MSOptions, convert_hf2ms
-    from converter.formats import payload
+    from llama_convert import HF2MSOptions, convert_hf2ms
+    from llama_convert.formats import payload
     from conftest import FIXTURES
     src = FIXTURES / "gqa-tied-bf16-sharded"
     convert_hf2ms(src, tmp_path / "kernel", HF2MSOptions(format="safetensors"))

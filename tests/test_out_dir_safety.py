@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, make_hub_cache, refused, run_cli, tree_hash, without_progress
-from converter import ConvertError, convert_hf2ms
-from converter.outdir import RECORD_KEYS, OutDirLock, rename_noreplace
-from converter.progress import Progress
+from llama_convert import ConvertError, convert_hf2ms
+from llama_convert.output.fs import OutDirLock, rename_noreplace
+from llama_convert.output.out_dir import RECORD_KEYS
+from llama_convert.console.progress import Progress
 
 MHA = FIXTURES / "mha-untied-fp32"
 SHARDED = FIXTURES / "gqa-tied-bf16-sharded"
@@ -456,7 +457,7 @@ def small_fs(tmp_path):
 def test_a_plan_that_does_not_fit_is_refused_before_writing(small_fs):
     fs = small_fs(64 * 1024)
     proc = run_cli("hf2ms", MHA, fs / "out")
-    refused(proc, str(fs / "out"), "not enough free space", "needs 461.6 KB", "65.5 KB is free")
+    refused(proc, str(fs / "out"), "not enough free space", "needs 450.8 KiB", "64.0 KiB is free")
     assert list(fs.iterdir()) == []
 
 
@@ -474,5 +475,5 @@ def test_disk_full_while_writing_names_the_output_and_what_it_needs(tmp_path, sm
     room = sum(-(-f.stat().st_size // page) * page for f in sample.iterdir() if f.name != "conversion.json")
     fs = small_fs(room)
     proc = run_cli("hf2ms", MHA, fs / "out", "--format", "safetensors")
-    refused(proc, str(fs / "out"), "disk full", "needs 461.6 KB", "was free")
+    refused(proc, str(fs / "out"), "disk full", "needs 450.8 KiB", "was free")
     assert list(fs.iterdir()) == []  # the partial directory is gone

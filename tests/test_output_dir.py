@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import FIXTURES, run_cli
-from converter import HF2MSOptions, convert_hf2ms
+from llama_convert import HF2MSOptions, convert_hf2ms
 from oracle import as_float32, hf_state, load_ms_checkpoint
 
 LLAMA3 = FIXTURES / "gqa-llama3-rope"      # tokenizer files, generation_config, eos list
@@ -169,7 +169,7 @@ def test_json_summary_after_conversion(tmp_path):
 def test_bf16_conversion_imports_none_of_the_heavy_libraries(tmp_path, fmt):
     # mindspore costs 1.6 s at start and numpy 50 ms: a conversion of bf16 weights, fused or not,
     # copies and rearranges bytes and widens the norms, and needs neither.
-    code = (f"import sys; from converter import HF2MSOptions, convert_hf2ms; "
+    code = (f"import sys; from llama_convert import HF2MSOptions, convert_hf2ms; "
             f"convert_hf2ms({str(SHARDED)!r}, {str(tmp_path / 'out')!r}, HF2MSOptions(format={fmt!r}, qkv_concat=True)); "
             f"print(sorted(m for m in ('mindspore', 'mindformers', 'torch', 'transformers', 'numpy') "
             f"if m in sys.modules))")

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import FIXTURES, run_cli
-from converter.errors import ConvertError
-from converter.formats import ckpt, safetensors
+from llama_convert.core.errors import ConvertError
+from llama_convert.formats import ckpt, safetensors
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -103,7 +103,7 @@ def test_a_mapping_table_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     import sys
     fifo = tmp_path / "table.yaml"
     os.mkfifo(fifo)
-    code = ("from converter import ConvertError, HF2MSOptions, plan_hf2ms\n"
+    code = ("from llama_convert import ConvertError, HF2MSOptions, plan_hf2ms\n"
             f"try: plan_hf2ms({str(MHA)!r}, HF2MSOptions(table={str(fifo)!r}))\n"
             "except ConvertError as e: print(e.one_line())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

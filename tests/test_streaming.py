@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from converter import HF2MSOptions, convert_hf2ms, convert_ms2hf, ops, plan_hf2ms
-from converter.dtypes import cast
-from converter.errors import ConvertError
-from converter.execute import Materializer
-from converter.formats import payload
-from converter.formats.payload import PAGE, read_all
+from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms
+from llama_convert.table import ops
+from llama_convert.core.dtypes import cast
+from llama_convert.core.errors import ConvertError
+from llama_convert.output.materialize import Materializer
+from llama_convert.formats import payload
+from llama_convert.formats.payload import PAGE, read_all
 from test_bad_input import MHA, copy, edit_config, edit_weights
 from test_ms2hf import raw
 
@@ -86,7 +87,7 @@ def test_a_tied_lm_head_equal_to_the_embedding_except_its_last_element_is_refuse
 
 def test_copied_tensors_keep_their_offset_modulo_the_page(tmp_path):
     # The kernel copies page-congruent ranges faster; safetensors allows padding the header.
-    from converter.formats.safetensors import read_header
+    from llama_convert.formats.safetensors import read_header
     convert_hf2ms(SRC, tmp_path / "out", HF2MSOptions(format="safetensors"))
     for out_file in sorted((tmp_path / "out").glob("*.safetensors")):
         source, _ = read_header(SRC / out_file.name)
@@ -117,8 +118,8 @@ def test_padded_ckpt_loads_in_mindspore_exactly_like_an_unpadded_one(tmp_path, m
 
 
 def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(tmp_path):
-    from converter.formats import ckpt
-    from converter.formats.safetensors import read_header
+    from llama_convert.formats import ckpt
+    from llama_convert.formats.safetensors import read_header
     src = FIXTURES / "mha-untied-fp32"
     convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(ckpt_align_min_bytes=1))
     source, _ = read_header(src / "model.safetensors")
@@ -133,7 +134,7 @@ def test_padded_ckpt_puts_copied_tensors_at_their_source_offset_modulo_the_page(
 def test_an_output_hashed_while_it_grows_gets_the_sha256_of_the_finished_file(tmp_path):
     import hashlib
     import time
-    from converter.hashing import Hashes
+    from llama_convert.output.hashing import Hashes
     path, chunks = tmp_path / "growing.bin", [bytes([i]) * (1000 + 37 * i) for i in range(60)]
     hashes = Hashes(True)
     with open(path, "wb", buffering=0) as out:

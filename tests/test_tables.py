@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from conftest import FIXTURES, REAL_CONFIGS, refused, run_cli
-from converter import HF2MSOptions, MS2HFOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms, plan_ms2hf
-from converter.config_rules import RULES, translate
-from converter.errors import ConvertError
-from converter.mapping import load_table, select_for_hf, shipped_tables, tables_dir
+from llama_convert import HF2MSOptions, MS2HFOptions, convert_hf2ms, convert_ms2hf, plan_hf2ms, plan_ms2hf
+from llama_convert.table.config_rules import RULES, translate
+from llama_convert.core.errors import ConvertError
+from llama_convert.table.loader import load_table, select_for_hf, shipped_tables, tables_dir
 
 FAMILY_CONFIGS = sorted((REAL_CONFIGS / "family").glob("*.json")) if (REAL_CONFIGS / "family").exists() else []
 QWEN2 = FIXTURES / "qwen2-tied-bf16"

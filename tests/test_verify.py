@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
-from converter import HF2MSOptions, convert_hf2ms
-from converter.verify import NOISE_FACTOR, VerifyOptions, verify
+from llama_convert import HF2MSOptions, convert_hf2ms
+from llama_convert.verify import NOISE_FACTOR, VerifyOptions, verify
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
 
@@ -231,7 +231,8 @@ def test_stories260k_reproduces_karpathys_greedy_text_through_mindformers(tmp_pa
     out = tmp_path / "out"
     proc = run_cli("hf2ms", src, out)
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("verify", src, out, "--generate", "60", "--prompt-ids", "1", "--json")
+    # 60 greedy steps through MindFormers: minutes on a loaded 2-core machine, so not the default timeout
+    proc = run_cli("verify", src, out, "--generate", "60", "--prompt-ids", "1", "--json", timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     expected = json.loads((src / "expected_greedy.json").read_text())["greedy_ids"]

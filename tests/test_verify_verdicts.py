@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES, REPO, run_cli
-from converter import HF2MSOptions, convert_hf2ms
-from converter.verify import NOISE_FACTOR, VerifyOptions, seeded_tokens, verify
+from llama_convert import HF2MSOptions, convert_hf2ms
+from llama_convert.verify import NOISE_FACTOR, VerifyOptions, seeded_tokens, verify
 from planting import BITS, STAGE_TENSORS, plant
 
 SRC = FIXTURES / "mha-untied-fp32"   # fp32, untied: every stage has a weight of its own to plant into

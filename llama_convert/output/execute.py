@@ -1,0 +1,133 @@
+"""Run the plan tensor by tensor and write the output directory atomically.
+
+Memory holds at most the tensors of one output tensor at a time. Output goes to the hidden partial
+directory of an outdir.Transaction, renamed into place only when everything, provenance included, is
+written; a failure leaves no directory that looks complete. This module picks the writer for the
+format and orchestrates; the payloads are materialize.py's; hashing, the out-dir transaction and the record of what was
+done (conversion.json) each have their own module.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.errors import ConvertError
+from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
+from ..formats.payload import same_bytes
+from ..formats.safetensors import SafetensorsWriter
+from .hashing import Hashes
+from .run_yaml import side_files
+from .materialize import Materializer
+from .transaction import Transaction
+from ..plan.plan import Plan, PlannedTensor
+from ..console.progress import Progress
+from .report import Result, provenance
+
+if TYPE_CHECKING:
+    pass
+
+
+def check_twins(plan: Plan) -> None:
+    """A tied checkpoint's extra lm_head must be the embedding, or dropping it would change the model."""
+    for dropped, kept in plan.twins:
+        a, b = plan.source.tensors[dropped], plan.source.tensors[kept]
+        if a.shape != b.shape or a.dtype != b.dtype or not same_bytes(a.payload(), b.payload()):
+            raise ConvertError(a.file, f"{dropped} differs from {kept}, but config.json says "
+                               f"tie_word_embeddings=true", "fix tie_word_embeddings in config.json")
+
+
+def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor]:
+    """Tensors in the order their bytes sit in the source files, so reading is sequential
+    (what matters when the source is on disk rather than in the page cache)."""
+    files = {f: i for i, f in enumerate(plan.source.weight_files)}
+
+    def position(pt: PlannedTensor) -> tuple[int, int]:
+        ref = plan.source.tensors[pt.sources[0]]
+        offset = ref.ranges.segments[0][0] if ref.ranges is not None and ref.ranges.segments else 0
+        return files.get(ref.file, 0), offset
+    return sorted(tensors, key=position)
+
+
+def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
+    """The source file offset of a tensor that is copied unchanged from one contiguous range."""
+    ref = plan.source.tensors[pt.sources[0]]
+    if pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1:
+        return None
+    return ref.ranges.segments[0][0]
+
+
+def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress: Progress | None = None) -> None:
+    hashes = hashes or Hashes(False)
+    progress = progress or Progress()
+    make = Materializer(plan)
+    if plan.options.format == "ckpt":
+        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
+                            plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
+        hashes.follow(writer.path)
+        for pt in source_order(plan, plan.tensors):
+            writer.add(pt.name, pt.dtype, pt.shape, make(pt), copied_from(plan, pt))
+            progress.advance(pt.nbytes)
+        writer.close()
+        progress.file_done(writer.path.name, writer.path.stat().st_size)
+        hashes.submit(writer.path)
+        return
+    for shard, fname in enumerate(plan.weight_files):
+        members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
+        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata,
+                                   [copied_from(plan, t) for t in members])
+        hashes.follow(writer.path)
+        for pt in members:
+            writer.add(pt.name, make(pt))
+            progress.advance(pt.nbytes)
+        writer.close()
+        progress.file_done(fname, writer.path.stat().st_size)
+        hashes.submit(writer.path)
+    if len(plan.weight_files) > 1:
+        index = {"metadata": {"total_size": plan.total_bytes},
+                 "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
+    """What OUT_DIR must stay clear of: the source as the user named it, and every file the plan reads."""
+    return [Path(given) if given is not None else plan.source.root, *plan.source.input_files()]
+
+
+def needed_bytes(plan: Plan) -> int:
+    """The size of the output, short of conversion.json and the weight files' headers."""
+    return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+            + sum(len(text.encode()) for text in side_files(plan).values()))
+
+
+def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None,
+            progress: Progress | None = None) -> Result:
+    """Write the plan's output into OUT_DIR, all or nothing. `source` is the path the user gave (a
+    directory, or for ms2hf perhaps one checkpoint file); OUT_DIR may not overlap it or any input file."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    hashes = Hashes(plan.options.hash)
+    progress = progress or Progress()
+    try:
+        with Transaction(out_dir, force, source_paths(plan, source), needed_bytes(plan), progress.notice) as tx:
+            tmp = tx.partial
+            check_twins(plan)
+            for path in plan.source.input_files():
+                hashes.submit(path)
+            progress.start(plan.total_bytes, f"{plan.direction} {out_dir.name}")
+            write_weights(plan, tmp, hashes, progress)
+            hashes.check_hub_blobs(plan.source.input_files())
+            for path in plan.source.tokenizer_files:
+                shutil.copyfile(path, tmp / path.name)
+            for name, text in side_files(plan, out_dir).items():
+                (tmp / name).write_text(text)
+            outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
+            record = provenance(plan, outputs, hashes)
+            (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+            tx.commit()
+    finally:
+        progress.close()
+        hashes.close()
+    return Result(out_dir, outputs, record, time.perf_counter() - start, plan)

@@ -1,0 +1,42 @@
+"""Which side a path is (HF or MindSpore) and its tensors from headers: a directory or one checkpoint file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import ConvertError
+from ..formats import ckpt, safetensors as st
+from ..formats.files import check_regular
+from ..formats.tensor import TensorRef
+from ..formats.torch_bin import read_bin
+from ..table.loader import yaml_names
+from .hf import open_hf_dir
+from .ms import ms_checkpoint_files, read_ms_headers
+
+
+def is_mindspore(path: Path) -> bool:
+    """A MindSpore side: a .ckpt file, or a directory (of a file) holding a MindFormers YAML or a .ckpt."""
+    root = path.parent if path.is_file() else path
+    if path.is_file() and path.suffix == ".ckpt":
+        return True
+    return any((root / n).exists() for n in yaml_names()) or (path.is_dir() and any(path.glob("*.ckpt")))
+
+
+def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
+    """('hf'|'ms', tensors) of a HF directory, a MindSpore directory, or one checkpoint file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvertError(path, "not found")
+    if not path.is_dir():
+        check_regular(path, "checkpoint file")  # a FIFO or device is refused for what it is
+    side = "ms" if is_mindspore(path) else "hf"
+    if path.is_file():
+        if path.suffix == ".ckpt":
+            return side, ckpt.scan(path)[0]
+        if path.suffix == ".safetensors":
+            return side, list(st.read_header(path)[0].values())
+        if path.suffix == ".bin":
+            return side, list(read_bin(path).values())
+        raise ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
+    if side == "hf":
+        return side, list(open_hf_dir(path).tensors.values())
+    return side, list(read_ms_headers(ms_checkpoint_files(path))[0].values())
