@@ -6,14 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bulk.options import BulkOptions
-from .core.options import HF2MSOptions, MS2HFOptions
+from .core.options import HF2MSOptions, MS2HFOptions, SourceOptions
 
 
-def plan_hf2ms(src: str | Path, options: HF2MSOptions | None = None):
-    """The full conversion plan from headers alone: nothing is read beyond headers, nothing written."""
+def resolve_source(src: str | Path, source: SourceOptions | None = None) -> Path:
+    """The local HF directory SRC names: a directory, a hub cache folder models--ORG--NAME (its snapshot at
+    source.revision), or a hub repo id found in the local hub cache (fetched only with source.download)."""
+    from .sources.hub import resolve_source as resolve
+    source = source or SourceOptions()
+    return resolve(src, source.revision, source.download)
+
+
+def plan_hf2ms(src: str | Path, options: HF2MSOptions | None = None, source: SourceOptions | None = None):
+    """The full conversion plan from headers alone: nothing is read beyond headers, nothing written.
+    SRC may be a hub repo id or cache folder (see resolve_source)."""
     from .sources.hf import open_hf_dir
     from .plan.plan import build_plan
-    return build_plan(open_hf_dir(Path(src)), options or HF2MSOptions())
+    return build_plan(open_hf_dir(resolve_source(src, source)), options or HF2MSOptions())
 
 
 def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str | Path | None = None):
@@ -32,10 +41,12 @@ def write(plan, out: str | Path, force: bool = False, source: str | Path | None 
 
 
 def convert_hf2ms(src: str | Path, out: str | Path, options: HF2MSOptions | None = None, force: bool = False,
-                  progress=None):
-    """Convert a HF directory into a MindFormers directory; returns a report.Result (its .plan included)."""
+                  progress=None, source: SourceOptions | None = None):
+    """Convert a HF directory (or hub repo id, see resolve_source) into a MindFormers directory; returns a
+    report.Result (its .plan included)."""
     from .output.out_dir import check_out_dir
-    check_out_dir(Path(out), force, [Path(src)])  # before reading anything: a wrong OUT is the cheaper error
+    src = resolve_source(src, source)
+    check_out_dir(Path(out), force, [src])  # before reading anything: a wrong OUT is the cheaper error
     return write(plan_hf2ms(src, options), out, force, src, progress)
 
 
@@ -47,11 +58,14 @@ def convert_ms2hf(src: str | Path, out: str | Path, options: MS2HFOptions | None
     return write(plan_ms2hf(src, options, config), out, force, src, progress)
 
 
-def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_stage=None):
+def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_stage=None,
+                      source: SourceOptions | None = None):
     """Parity of MS_DIR's MindFormers model with HF_DIR's transformers model; a verify.VerifyReport.
+    HF_DIR may be a hub repo id or cache folder (see resolve_source).
     on_stage(name, index, total) is called as each stage finishes (see verify.verify).
     (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
     from .core.extras import needed_for
+    hf_dir = resolve_source(hf_dir, source)
     with needed_for("verify", "verify"):  # torch, transformers, mindspore, mindformers: imported as it runs
         from .verify import verify as run
         return run(hf_dir, ms_dir, options, on_stage)

@@ -18,7 +18,7 @@ from .core.version import __version__
 from .core.errors import printable
 from .core.sizes import human_bytes
 from .bulk.options import BulkOptions
-from .core.options import Flag, HF2MSOptions, MS2HFOptions, flags
+from .core.options import Flag, HF2MSOptions, MS2HFOptions, SourceOptions, flags
 from .console.exits import ending, sigterm_raises
 from .console.streams import standard_streams
 from .core.signals import Terminated
@@ -122,6 +122,11 @@ def _given(cls: type, values: dict):
     return cls(**{k: v for k, v in values.items() if v is not None and v != ()})
 
 
+def _source(values: dict) -> SourceOptions:
+    """SourceOptions taken out of a command's options (the rest stay: they are the command's own)."""
+    return _given(SourceOptions, {name: values.pop(name) for name in flags(SourceOptions)})
+
+
 def _show_versions(ctx, param, value) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -192,6 +197,7 @@ def _show_plan(plan, as_json: bool) -> None:
 @click.argument("src_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @_declared(HF2MSOptions)
+@_declared(SourceOptions)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @_FORCE
 @click.option("--verify", "then_verify", is_flag=True,
@@ -201,6 +207,9 @@ def _show_plan(plan, as_json: bool) -> None:
 def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify: bool, as_json: bool,
           **options) -> None:
     """Convert the HuggingFace checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
+
+    SRC_DIR may also be a hub repo id (org/name, at --revision) found in the local hub cache, fetched
+    only with --download, or a hub cache folder models--ORG--NAME.
 
     \b
     OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml (a
@@ -214,6 +223,7 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     import llama_convert as api
     from .output import report
 
+    src_dir = api.resolve_source(src_dir, _source(options))
     opts = _given(HF2MSOptions, options)
     if dry_run:
         _show_plan(api.plan_hf2ms(src_dir, opts), as_json)
@@ -332,6 +342,7 @@ def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> No
 @click.argument("hf_dir", type=click.Path(path_type=Path))
 @click.argument("ms_dir", type=click.Path(path_type=Path))
 @_declared(VerifyOptions)
+@_declared(SourceOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_verbosity
 def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
@@ -359,6 +370,7 @@ def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
     import llama_convert as api
     from .verify import report_text, sanitize
     progress = _progress()
+    hf_dir = api.resolve_source(hf_dir, _source(options))
     r = api.verify_conversion(hf_dir, ms_dir, _given(VerifyOptions, options), on_stage=progress.stage)
     progress.close()
     if as_json or not _quiet():

@@ -26,7 +26,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                {"loader"},                               # tables found, read with extends:, cached, chosen
                {"edges"},                                # one model's mapping, read both ways
                {"config_rules"}]),                       # the config rules, both ways
-    ("sources", [{"", "checkpoint"},                     # what every reader returns
+    ("sources", [{"", "checkpoint", "hub"},              # what every reader returns; hub ids -> a snapshot
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
     ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file

@@ -229,6 +229,17 @@ class HF2MSOptions(Options):
     ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
 
 
+@dataclass(frozen=True)
+class SourceOptions(Options):
+    """Where a HF source comes from when it is named by hub repo id (or a models--ORG--NAME cache folder):
+    which snapshot, and whether it may be fetched. Not options of the conversion itself: conversion.json
+    records the repo id and commit the source resolved to."""
+    revision: str | None = option(None, "The snapshot of a hub repo id (or of a models--ORG--NAME cache folder) to "
+                                  "read: a branch, tag or commit.", metavar="REV", default_text="main", manifest=False)
+    download: bool = option(False, "Fetch a hub repo id that the local hub cache (HF_HUB_CACHE / HF_HOME) does not "
+                            "hold, with huggingface_hub; never done without this flag.", manifest=False)
+
+
 DEFAULT_HF_SHARD = 5 * 10**9   # transformers' own default max_shard_size
 
 

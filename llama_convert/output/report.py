@@ -11,6 +11,7 @@ from .hashing import Hashes
 from .run_yaml import model_yaml, side_files
 from ..core.paths import resolved
 from ..plan.plan import Plan, weights_dtype
+from ..sources.hub import hub_origin
 from ..core.version import __version__
 
 
@@ -34,7 +35,7 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
         "options": plan.options.as_dict(),
-        "source": {"dir": str(resolved(src.root)),
+        "source": {"dir": str(resolved(src.root)), **({"hub": hub} if (hub := hub_origin(src.root)) else {}),
                    "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
         "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
         "outputs": outputs,
