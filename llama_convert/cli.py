@@ -344,8 +344,14 @@ def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> No
 @_declared(VerifyOptions)
 @_declared(SourceOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Also write the result as JUnit XML for CI: config parity, the logits and each compared place "
+                   "as test cases, a failing one with its place and numbers.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Also draw each place's max and mean difference against the limit, as FILE.png or FILE.svg "
+                   "(needs the plot extra).")
 @_verbosity
-def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
+def verify(hf_dir: Path, ms_dir: Path, as_json: bool, junit: Path | None, plot: Path | None, **options) -> None:
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
     \b
@@ -371,11 +377,30 @@ def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
     from .verify import report_text, sanitize
     progress = _progress()
     hf_dir = api.resolve_source(hf_dir, _source(options))
+    _report_files(junit, plot, [hf_dir, ms_dir])  # a wrong report path is found before a minute of work
     r = api.verify_conversion(hf_dir, ms_dir, _given(VerifyOptions, options), on_stage=progress.stage)
     progress.close()
+    if junit:
+        from .verify.junit import write_junit
+        write_junit(r, junit, hf_dir, ms_dir)
+    if plot:
+        from .verify.plot import write_plot
+        write_plot(r, plot, f"{hf_dir} -> {ms_dir}")
     if as_json or not _quiet():
         _echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
+
+
+def _report_files(junit: Path | None, plot: Path | None, checkpoints: list[Path]) -> None:
+    from .core.paths import report_target
+    if junit:
+        report_target(junit, "--junit", checkpoints)
+    if plot:
+        from .core.extras import require
+        from .verify.plot import plot_format
+        report_target(plot, "--plot", checkpoints)
+        plot_format(plot)
+        require("matplotlib", "verify --plot")
 
 
 class _Bulk(click.Group):

@@ -41,7 +41,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                 {"metrics", "report", "stages"},         # numbers, record, stage hooks
                 {"reference", "same_model"},             # float64 run, same-model check
                 {"hf_side", "ms_side"},                  # the two sides
-                {"config_parity", "text"},               # configs, the text report
+                {"config_parity", "text", "junit", "plot"},  # configs; the report as text, JUnit XML, a plot
                 {"gate"},                                # one run, one verdict
                 {""}]),                                  # its front door
     ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked
