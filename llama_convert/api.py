@@ -46,8 +46,33 @@ def convert_hf2ms(src: str | Path, out: str | Path, options: HF2MSOptions | None
     report.Result (its .plan included)."""
     from .output.out_dir import check_out_dir
     src = resolve_source(src, source)
+    if not force and (done := _already_converted(src, Path(out), options)):
+        return done
     check_out_dir(Path(out), force, [src])  # before reading anything: a wrong OUT is the cheaper error
     return write(plan_hf2ms(src, options), out, force, src, progress)
+
+
+def _already_converted(src: Path, out: Path, options: HF2MSOptions | None):
+    """A report.Result for OUT when its conversion.json records this very conversion, as bulk's done-check
+    decides it (same version, table, options, source files by sha256, outputs present), else None. A record
+    without source hashes (--no-hash) cannot show the sources are the same: then it is not."""
+    from .bulk.done import Expected, not_done_reason
+    from .core.errors import ConvertError
+    from .formats.files import parse_json_object, read_small
+    from .output.report import Result
+    record_path = out / "conversion.json"
+    if not out.is_dir() or not record_path.is_file():
+        return None
+    plan = plan_hf2ms(src, options)
+    if not plan.options.hash or not_done_reason(Expected.of(plan), src, out) is not None:
+        return None
+    try:
+        record = parse_json_object(read_small(record_path, "conversion.json"), record_path, "conversion.json")
+    except ConvertError:
+        return None
+    if record.get("hashes") != "sha256":
+        return None
+    return Result(out, record.get("outputs", []), record, 0.0, plan, already_converted=True)
 
 
 def convert_ms2hf(src: str | Path, out: str | Path, options: MS2HFOptions | None = None,
@@ -64,11 +89,22 @@ def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_s
     HF_DIR may be a hub repo id or cache folder (see resolve_source).
     on_stage(name, index, total) is called as each stage finishes (see verify.verify).
     (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
+    from .console.quiet import frameworks_quiet
     from .core.extras import needed_for
     hf_dir = resolve_source(hf_dir, source)
-    with needed_for("verify", "verify"):  # torch, transformers, mindspore, mindformers: imported as it runs
+    with needed_for("verify", "verify"), frameworks_quiet():  # torch, transformers, mindspore, mindformers: imported as it runs
         from .verify import verify as run
         return run(hf_dir, ms_dir, options, on_stage)
+
+
+def generate_text(out_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:
+    """MindFormers' generation from OUT_DIR's YAML as it stands, on the device it names: the prompt and
+    its continuation, as text."""
+    from .console.quiet import frameworks_quiet
+    from .core.extras import needed_for
+    with needed_for("generate", "verify"), frameworks_quiet():
+        from .verify.generate import generate_text as run
+        return run(Path(out_dir), prompt, max_new_tokens)
 
 
 def inspect_checkpoint(path: str | Path) -> dict:

@@ -18,7 +18,7 @@ from .core.version import __version__
 from .core.errors import printable
 from .core.sizes import human_bytes
 from .bulk.options import BulkOptions
-from .core.options import Flag, HF2MSOptions, MS2HFOptions, SourceOptions, flags
+from .core.options import Flag, GenerateOptions, HF2MSOptions, MS2HFOptions, SourceOptions, flags
 from .console.exits import ending, sigterm_raises
 from .console.streams import standard_streams
 from .core.signals import Terminated
@@ -231,6 +231,9 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     with _progress() as progress:
         result = api.convert_hf2ms(src_dir, out_dir, opts, force=force, progress=progress)
     summary = report.result_json(result.plan, result)
+    if not _quiet() and not as_json:   # --json carries them as "warnings"
+        for warning in summary["warnings"]:
+            _echo(f"llama-convert: warning: {warning}", err=True)
     if not then_verify:
         if as_json or not _quiet():
             _echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
@@ -401,6 +404,24 @@ def _report_files(junit: Path | None, plot: Path | None, checkpoints: list[Path]
         report_target(plot, "--plot", checkpoints)
         plot_format(plot)
         require("matplotlib", "verify --plot")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@_declared(GenerateOptions)
+@_verbosity
+def generate(out_dir: Path, **options) -> None:
+    """Generate text with MindFormers from OUT_DIR's YAML, on the device it names: the smoke test after
+    converting (`llama-convert generate ./llama-ms --prompt "Once upon a time"`). Prints the prompt and
+    its continuation. Needs the tokenizer files the source shipped.
+
+    Exit status: 0 text generated, 2 bad input (no tokenizer, a missing extra).
+    """
+    import llama_convert as api
+    opts = _given(GenerateOptions, options)
+    if opts.prompt is None:
+        raise click.UsageError("give --prompt TEXT")
+    _echo(api.generate_text(out_dir, opts.prompt, opts.max_new_tokens))
 
 
 class _Bulk(click.Group):

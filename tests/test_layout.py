@@ -40,7 +40,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("verify", [{"options", "memory"},                   # what it is asked, what it holds
                 {"metrics", "report", "stages"},         # numbers, record, stage hooks
                 {"reference", "same_model"},             # float64 run, same-model check
-                {"hf_side", "ms_side"},                  # the two sides
+                {"hf_side", "ms_side", "generate"},      # the two sides; MindFormers' generation from a YAML
                 {"config_parity", "text", "junit", "plot"},  # configs; the report as text, JUnit XML, a plot
                 {"gate"},                                # one run, one verdict
                 {""}]),                                  # its front door

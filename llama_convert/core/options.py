@@ -240,6 +240,14 @@ class SourceOptions(Options):
                             "hold, with huggingface_hub; never done without this flag.", manifest=False)
 
 
+@dataclass(frozen=True)
+class GenerateOptions(Options):
+    """generate: MindFormers' text generation from a conversion's YAML, the smoke test after converting."""
+    prompt: str | None = option(None, "The text to continue (required).", metavar="TEXT", manifest=False)
+    max_new_tokens: int | None = option(None, "Tokens to generate.", parse=whole(1, 2**20), metavar="N",
+                                        default_text="the YAML's max_length", manifest=False)
+
+
 DEFAULT_HF_SHARD = 5 * 10**9   # transformers' own default max_shard_size
 
 
