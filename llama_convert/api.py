@@ -126,8 +126,9 @@ def plan_bulk(manifest: str | Path, options=None) -> dict:
     return dry_run(Path(manifest), options or BulkOptions())
 
 
-def run_bulk(manifest: str | Path, options=None, on_row=None) -> dict:
+def run_bulk(manifest: str | Path, options=None, on_row=None, on_phase=None) -> dict:
     """Run every row of MANIFEST that is not done; returns the report (also written as bulk-report.json).
-    `options`: a BulkOptions; `on_row(k, n, row)` hears each finished row."""
+    `options`: a BulkOptions; `on_row(k, n, row)` hears each finished row, `on_phase(id, phase)` each row
+    starting ("running") and its phases ("convert", "verify"; local executor)."""
     from .bulk.driver import run_bulk as run
-    return run(Path(manifest), options or BulkOptions(), on_row)
+    return run(Path(manifest), options or BulkOptions(), on_row, on_phase)

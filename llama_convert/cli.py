@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -446,11 +447,52 @@ def bulk() -> None:
     """
 
 
+class _BulkScreen:
+    """What bulk shows while it runs. A line per finished row; on a terminal also, below them, the rows
+    running now with their phase and a bar of rows done, redrawn as they change. Rows finish and change
+    phase on worker threads: one lock keeps lines whole."""
+
+    def __init__(self, live: bool):
+        import threading
+        self.live, self.lock, self.running, self.done, self.total = live, threading.Lock(), {}, 0, 0
+
+    def _status(self) -> str:
+        k, n = self.done, self.total
+        bar = "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1))
+        now = ", ".join(f"{row_id} ({phase})" for row_id, phase in self.running.items())
+        return f"[{k}/{n or '?'}] {bar}" + (f" running: {now}" if now else "")
+
+    def _redraw(self) -> None:
+        if self.live:
+            _echo("\r\033[K" + self._status()[:max(20, shutil.get_terminal_size().columns - 1)], err=True, nl=False)
+
+    def phase(self, row_id: str, phase: str) -> None:
+        with self.lock:
+            if phase != "running" or row_id not in self.running:
+                self.running[row_id] = phase if phase != "running" else "starting"
+            self._redraw()
+
+    def finished(self, k: int, n: int, row: dict) -> None:
+        with self.lock:
+            self.done, self.total = k, n
+            self.running.pop(row["id"], None)
+            secs = sum((row.get("seconds") or {}).values())
+            why = f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""
+            _echo(("\r\033[K" if self.live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s{why}",
+                  err=True)
+            self._redraw()
+
+    def close(self) -> None:
+        if self.live:
+            _echo("\r\033[K", err=True, nl=False)
+
+
 @bulk.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @_declared(BulkOptions)
 @click.option("--dry-run", is_flag=True, help="Say what each row would do and need; run nothing.")
 @_JSON
+@_verbosity
 def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
     """Run every row of MANIFEST (JSONL, CSV or YAML); skip rows whose conversion.json says they are done.
 
@@ -474,19 +516,15 @@ def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
             for r in plan["rows"]:
                 _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {human_bytes(r['memory_estimate'], 2)}")
         sys.exit(plan["exit_code"])
-    live = sys.stderr.isatty()
-
-    def on_row(k: int, n: int, row: dict) -> None:
-        secs = sum((row.get("seconds") or {}).values())
-        _echo(("\r\033[K" if live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s"
-                   + (f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""), err=True)
-        if live:
-            _echo(f"[{k}/{n}] " + "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1)), err=True, nl=False)
-
-    report = api.run_bulk(manifest, opts, on_row=on_row)
-    if live:
-        _echo("\r\033[K", err=True, nl=False)
-    _echo(json.dumps(report, indent=2) if as_json else table_text(report) + f"\nreport: {report['report']}")
+    live = sys.stderr.isatty() and not _quiet()
+    screen = _BulkScreen(live)
+    report = api.run_bulk(manifest, opts, on_row=None if _quiet() else screen.finished,
+                          on_phase=screen.phase if live else None)
+    screen.close()
+    if as_json:
+        _echo(json.dumps(report, indent=2))
+    elif not _quiet():
+        _echo(table_text(report) + f"\nreport: {report['report']}")
     sys.exit(report["exit_code"])
 
 
