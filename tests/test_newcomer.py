@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, REPO, run_cli
+from test_mindformers_run import hf_greedy
 
 EXE = Path(sys.executable).parent / "llama-convert"
 PLAIN = FIXTURES / "mha-untied-fp32"          # no tokenizer files
@@ -114,16 +115,6 @@ def test_the_library_verify_writes_nothing_to_the_terminal(sharded_for_cpu, tmp_
     assert proc.stdout == "" and proc.stderr == "", proc.stderr[-2000:]
 
 
-def _hf_greedy(src: Path, prompt: list[int], max_length: int) -> list[int]:
-    import torch
-    import transformers
-    model = transformers.LlamaForCausalLM.from_pretrained(src).eval()
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_length=max_length, do_sample=False)
-    return out[0].tolist()
-
-
 def test_generate_prints_what_transformers_generates_greedily_and_leaves_the_cwd_alone(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(TOKENIZED, src)
@@ -136,7 +127,7 @@ def test_generate_prints_what_transformers_generates_greedily_and_leaves_the_cwd
                           capture_output=True, text=True, timeout=600)
 
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = _hf_greedy(src, [1, 5, 9, 17], max_length=8)   # <s> and the prompt, then 4 new tokens
+    expected = hf_greedy(src, [1, 5, 9, 17], max_length=8)   # <s> and the prompt, then 4 new tokens
     assert proc.stdout.split() == [f"w{i}" for i in expected[1:]]
     assert list(cwd.iterdir()) == []
 
