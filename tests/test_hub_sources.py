@@ -102,3 +102,9 @@ def test_a_flipped_byte_in_a_blob_of_a_repo_id_is_a_corrupt_download(tmp_path):
     blob.write_bytes(bytes(data))
     refused(run("hf2ms", "org/tiny", tmp_path / "out", hub=tmp_path / "hub"), "corrupt download")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_cache_folder_without_snapshots_is_named_as_one(tmp_path):
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    refused(run("hf2ms", repo, tmp_path / "out"), str(repo), "hub cache folder with no snapshots/", "--download")

@@ -43,6 +43,10 @@ def resolve_source(src: str | Path, revision: str | None = None, download: bool 
     if path.is_dir() and path.name.startswith("models--") and (path / "snapshots").is_dir():
         repo_id = path.name.removeprefix("models--").replace("--", "/", 1)
         return _snapshot(repo_id, revision, False, path.parent, str(path))
+    if path.is_dir() and path.name.startswith("models--") and not (path / "config.json").exists():
+        raise ConvertError(path, "is a HF hub cache folder with no snapshots/ directory",
+                           "an interrupted download? fetch it again (hf2ms ORG/NAME --download), or give a "
+                           "directory that holds config.json")
     if path.exists() or not looks_like_repo_id(str(src)):
         if revision is not None and path.exists():
             raise ConvertError(path, "is a local directory, and --revision only picks a snapshot of a hub repo id or "
