@@ -14,13 +14,13 @@ records); `table=` in the options names one instead, by name or path.
 """
 from __future__ import annotations
 
-from .api import (convert_hf2ms, convert_ms2hf, diff_checkpoints, inspect_checkpoint, plan_bulk, plan_hf2ms,
-                  plan_ms2hf, run_bulk, verify_conversion, write)
+from .api import (convert_hf2ms, convert_ms2hf, diff_checkpoints, generate_text, inspect_checkpoint, plan_bulk, plan_hf2ms,
+                  plan_ms2hf, resolve_source, run_bulk, verify_conversion, write)
 from .bulk.options import BulkOptions
 from .core.errors import ConvertError
-from .core.options import HF2MSOptions, MS2HFOptions
+from .core.options import HF2MSOptions, MS2HFOptions, SourceOptions
 from .core.version import __version__
 
-__all__ = ["BulkOptions", "ConvertError", "HF2MSOptions", "MS2HFOptions", "__version__", "convert_hf2ms",
-           "convert_ms2hf", "diff_checkpoints", "inspect_checkpoint", "plan_bulk", "plan_hf2ms", "plan_ms2hf",
-           "run_bulk", "verify_conversion", "write"]
+__all__ = ["BulkOptions", "ConvertError", "HF2MSOptions", "MS2HFOptions", "SourceOptions", "__version__", "convert_hf2ms",
+           "convert_ms2hf", "diff_checkpoints", "generate_text", "inspect_checkpoint", "plan_bulk", "plan_hf2ms", "plan_ms2hf",
+           "resolve_source", "run_bulk", "verify_conversion", "write"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .core.version import __version__
 from .core.errors import printable
 from .core.sizes import human_bytes
 from .bulk.options import BulkOptions
-from .core.options import Flag, HF2MSOptions, MS2HFOptions, flags
+from .core.options import Flag, GenerateOptions, HF2MSOptions, MS2HFOptions, SourceOptions, flags
 from .console.exits import ending, sigterm_raises
 from .console.streams import standard_streams
 from .core.signals import Terminated
@@ -122,6 +123,11 @@ def _given(cls: type, values: dict):
     return cls(**{k: v for k, v in values.items() if v is not None and v != ()})
 
 
+def _source(values: dict) -> SourceOptions:
+    """SourceOptions taken out of a command's options (the rest stay: they are the command's own)."""
+    return _given(SourceOptions, {name: values.pop(name) for name in flags(SourceOptions)})
+
+
 def _show_versions(ctx, param, value) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -192,6 +198,7 @@ def _show_plan(plan, as_json: bool) -> None:
 @click.argument("src_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @_declared(HF2MSOptions)
+@_declared(SourceOptions)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the YAML; read no tensor data, write nothing.")
 @_FORCE
 @click.option("--verify", "then_verify", is_flag=True,
@@ -201,6 +208,9 @@ def _show_plan(plan, as_json: bool) -> None:
 def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify: bool, as_json: bool,
           **options) -> None:
     """Convert the HuggingFace checkpoint in SRC_DIR into a MindFormers directory OUT_DIR.
+
+    SRC_DIR may also be a hub repo id (org/name, at --revision) found in the local hub cache, fetched
+    only with --download, or a hub cache folder models--ORG--NAME.
 
     \b
     OUT_DIR will hold: model.ckpt (or model*.safetensors), llama_config.yaml (a
@@ -214,6 +224,7 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     import llama_convert as api
     from .output import report
 
+    src_dir = api.resolve_source(src_dir, _source(options))
     opts = _given(HF2MSOptions, options)
     if dry_run:
         _show_plan(api.plan_hf2ms(src_dir, opts), as_json)
@@ -221,6 +232,9 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
     with _progress() as progress:
         result = api.convert_hf2ms(src_dir, out_dir, opts, force=force, progress=progress)
     summary = report.result_json(result.plan, result)
+    if not _quiet() and not as_json:   # --json carries them as "warnings"
+        for warning in summary["warnings"]:
+            _echo(f"llama-convert: warning: {warning}", err=True)
     if not then_verify:
         if as_json or not _quiet():
             _echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
@@ -332,9 +346,16 @@ def diff(a: Path, b: Path, atol: float, strict_dtype: bool, as_json: bool) -> No
 @click.argument("hf_dir", type=click.Path(path_type=Path))
 @click.argument("ms_dir", type=click.Path(path_type=Path))
 @_declared(VerifyOptions)
+@_declared(SourceOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Also write the result as JUnit XML for CI: config parity, the logits and each compared place "
+                   "as test cases, a failing one with its place and numbers.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Also draw each place's max and mean difference against the limit, as FILE.png or FILE.svg "
+                   "(needs the plot extra).")
 @_verbosity
-def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
+def verify(hf_dir: Path, ms_dir: Path, as_json: bool, junit: Path | None, plot: Path | None, **options) -> None:
     """Prove that the MindFormers model in MS_DIR computes what the HF model in HF_DIR computes.
 
     \b
@@ -359,11 +380,49 @@ def verify(hf_dir: Path, ms_dir: Path, as_json: bool, **options) -> None:
     import llama_convert as api
     from .verify import report_text, sanitize
     progress = _progress()
+    hf_dir = api.resolve_source(hf_dir, _source(options))
+    _report_files(junit, plot, [hf_dir, ms_dir])  # a wrong report path is found before a minute of work
     r = api.verify_conversion(hf_dir, ms_dir, _given(VerifyOptions, options), on_stage=progress.stage)
     progress.close()
+    if junit:
+        from .verify.junit import write_junit
+        write_junit(r, junit, hf_dir, ms_dir)
+    if plot:
+        from .verify.plot import write_plot
+        write_plot(r, plot, f"{hf_dir} -> {ms_dir}")
     if as_json or not _quiet():
         _echo(json.dumps(sanitize(r.as_dict()), indent=2) if as_json else report_text(r))
     sys.exit(0 if r.passed else 1)
+
+
+def _report_files(junit: Path | None, plot: Path | None, checkpoints: list[Path]) -> None:
+    from .core.paths import report_target
+    if junit:
+        report_target(junit, "--junit", checkpoints)
+    if plot:
+        from .core.extras import require
+        from .verify.plot import plot_format
+        report_target(plot, "--plot", checkpoints)
+        plot_format(plot)
+        require("matplotlib", "verify --plot")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@_declared(GenerateOptions)
+@_verbosity
+def generate(out_dir: Path, **options) -> None:
+    """Generate text with MindFormers from OUT_DIR's YAML, on the device it names: the smoke test after
+    converting (`llama-convert generate ./llama-ms --prompt "Once upon a time"`). Prints the prompt and
+    its continuation. Needs the tokenizer files the source shipped.
+
+    Exit status: 0 text generated, 2 bad input (no tokenizer, a missing extra).
+    """
+    import llama_convert as api
+    opts = _given(GenerateOptions, options)
+    if opts.prompt is None:
+        raise click.UsageError("give --prompt TEXT")
+    _echo(api.generate_text(out_dir, opts.prompt, opts.max_new_tokens))
 
 
 class _Bulk(click.Group):
@@ -388,11 +447,52 @@ def bulk() -> None:
     """
 
 
+class _BulkScreen:
+    """What bulk shows while it runs. A line per finished row; on a terminal also, below them, the rows
+    running now with their phase and a bar of rows done, redrawn as they change. Rows finish and change
+    phase on worker threads: one lock keeps lines whole."""
+
+    def __init__(self, live: bool):
+        import threading
+        self.live, self.lock, self.running, self.done, self.total = live, threading.Lock(), {}, 0, 0
+
+    def _status(self) -> str:
+        k, n = self.done, self.total
+        bar = "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1))
+        now = ", ".join(f"{row_id} ({phase})" for row_id, phase in self.running.items())
+        return f"[{k}/{n or '?'}] {bar}" + (f" running: {now}" if now else "")
+
+    def _redraw(self) -> None:
+        if self.live:
+            _echo("\r\033[K" + self._status()[:max(20, shutil.get_terminal_size().columns - 1)], err=True, nl=False)
+
+    def phase(self, row_id: str, phase: str) -> None:
+        with self.lock:
+            if phase != "running" or row_id not in self.running:
+                self.running[row_id] = phase if phase != "running" else "starting"
+            self._redraw()
+
+    def finished(self, k: int, n: int, row: dict) -> None:
+        with self.lock:
+            self.done, self.total = k, n
+            self.running.pop(row["id"], None)
+            secs = sum((row.get("seconds") or {}).values())
+            why = f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""
+            _echo(("\r\033[K" if self.live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s{why}",
+                  err=True)
+            self._redraw()
+
+    def close(self) -> None:
+        if self.live:
+            _echo("\r\033[K", err=True, nl=False)
+
+
 @bulk.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @_declared(BulkOptions)
 @click.option("--dry-run", is_flag=True, help="Say what each row would do and need; run nothing.")
 @_JSON
+@_verbosity
 def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
     """Run every row of MANIFEST (JSONL, CSV or YAML); skip rows whose conversion.json says they are done.
 
@@ -416,19 +516,15 @@ def bulk_run(manifest: Path, dry_run: bool, as_json: bool, **options) -> None:
             for r in plan["rows"]:
                 _echo(f"{r['id']}: {r['action']} ({r['reason']}), needs {human_bytes(r['memory_estimate'], 2)}")
         sys.exit(plan["exit_code"])
-    live = sys.stderr.isatty()
-
-    def on_row(k: int, n: int, row: dict) -> None:
-        secs = sum((row.get("seconds") or {}).values())
-        _echo(("\r\033[K" if live else "") + f"[{k}/{n}] {row['id']} {row['status']} {secs:.1f}s"
-                   + (f" ({row['reason']})" if row["status"] in ("failed", "invalid", "verify_failed") else ""), err=True)
-        if live:
-            _echo(f"[{k}/{n}] " + "#" * (30 * k // max(n, 1)) + "." * (30 - 30 * k // max(n, 1)), err=True, nl=False)
-
-    report = api.run_bulk(manifest, opts, on_row=on_row)
-    if live:
-        _echo("\r\033[K", err=True, nl=False)
-    _echo(json.dumps(report, indent=2) if as_json else table_text(report) + f"\nreport: {report['report']}")
+    live = sys.stderr.isatty() and not _quiet()
+    screen = _BulkScreen(live)
+    report = api.run_bulk(manifest, opts, on_row=None if _quiet() else screen.finished,
+                          on_phase=screen.phase if live else None)
+    screen.close()
+    if as_json:
+        _echo(json.dumps(report, indent=2))
+    elif not _quiet():
+        _echo(table_text(report) + f"\nreport: {report['report']}")
     sys.exit(report["exit_code"])
 
 

@@ -83,7 +83,9 @@ def test_the_local_executor_converts_every_fixture_and_real_model(all_models):
     assert verified["passed"] is True and verified["max_abs_diff"] < 1e-4
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[")]
     assert len(lines) == len(ALL_MODEL_DIRS) and lines[-1].startswith(f"[{len(ALL_MODEL_DIRS)}/{len(ALL_MODEL_DIRS)}]")
-    assert proc.stdout.splitlines()[0].split()[:2] == ["id", "status"]  # the table at the end
+    assert proc.stdout.splitlines()[0].split()[:5] == ["id", "status", "secs", "attempts", "verify"]  # the table
+    first = next(ln for ln in proc.stdout.splitlines() if ln.startswith(report["rows"][0]["id"] + " "))
+    assert " PASS ratio " in first and " max_abs " in first and " top1 1.000" in first, first
 
 
 def test_a_rerun_skips_every_done_row_and_says_why(all_models):
@@ -109,6 +111,38 @@ def test_one_changed_option_reruns_that_row_only(all_models):
     statuses = [r["status"] for r in report_of(m)["rows"]]
     assert statuses[1] == "converted" and statuses.count("skipped") == len(rows) - 1
     assert (Path(m.parent / rows[1]["out"]) / "model.safetensors").exists()
+
+
+def test_a_done_row_asked_to_verify_now_is_verified_not_skipped(all_models):
+    m, _ = all_models
+    rows = [json.loads(ln) for ln in m.read_text().splitlines() if ln.startswith("{")]
+    rows[2]["verify"] = True
+    proc = run_cli("bulk", write_manifest(m, rows))
+    assert proc.returncode == 0, proc.stderr
+    row = by_id(report_of(m))[Path(rows[2]["out"]).name]
+    assert row["status"] == "verified" and row["verify"]["passed"] is True
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(row["id"] + " "))
+    assert line.split()[1] == "verified" and " PASS " in line, line
+
+
+def test_bulk_quiet_prints_nothing_and_keeps_the_exit_status(all_models):
+    m, _ = all_models
+    proc = run_cli("bulk", m, "-q")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+@pytest.mark.skipif(subprocess.run(["which", "script"], capture_output=True).returncode != 0,
+                    reason="util-linux script is not installed")
+def test_on_a_terminal_bulk_shows_the_running_rows_and_their_phase(tmp_path):
+    rows = [{"src": str(FIXTURES / "mha-untied-fp32"), "out": "out/a", "id": "a"},
+            {"src": str(FIXTURES / "gqa-llama3-rope"), "out": "out/b", "id": "b"}]
+    m = write_manifest(tmp_path / "m.jsonl", rows)
+    proc = subprocess.run(["script", "-q", "-e", "-c", f"{EXE} bulk {m} --jobs 1", "/dev/null"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    screen = proc.stdout.replace("\r", "\n")
+    assert "running: a (convert)" in screen and "running: b (convert)" in screen, screen[-2000:]
+    assert screen.index("running: a (convert)") < screen.index("[1/2] a converted")
 
 
 # ---------------------------------------------------------------- isolation, kills, retries, memory
@@ -262,8 +296,10 @@ def test_bulk_over_a_hub_cache_with_one_flipped_byte_fails_that_row_as_a_corrupt
 
 def test_bulk_plan_from_a_directory_writes_one_row_per_model(tmp_path):
     m = tmp_path / "m.jsonl"
-    proc = run_cli("bulk", "plan", "--from-dir", FIXTURES, tmp_path / "ms", "-o", m)
+    roundabout = FIXTURES / ".." / "fixtures" / "."   # written as given would be .../fixtures/../fixtures/...
+    proc = run_cli("bulk", "plan", "--from-dir", roundabout, tmp_path / "x" / ".." / "ms", "-o", m)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(ln) for ln in m.read_text().splitlines() if ln.startswith("{")]
+    assert all(r["src"] == str(FIXTURES / r["id"]) and r["out"] == str(tmp_path / "ms" / r["id"]) for r in rows), rows[0]
     assert [r["id"] for r in rows] == sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").exists())
     assert run_cli("bulk", m, "--dry-run").returncode == 0

@@ -115,7 +115,7 @@ def test_a_row_with_a_problem_of_its_own_is_invalid_with_its_line_and_key_and_th
     statuses = [r["status"] for r in report["rows"]]
     assert statuses == ["converted"] + ["invalid"] * 8 + ["converted"]
     reasons = [r["reason"] for r in report["rows"][1:-1]]
-    expected = ["line 2: unknown key 'dtyp'", "line 3: dtype is 'float8'; choose one of keep", "line 4: seq_length must be between 1",
+    expected = ["line 2: unknown key 'dtyp' (did you mean 'dtype'?)", "line 3: dtype is 'float8'; choose one of keep", "line 4: seq_length must be between 1",
                 "line 5: source no-such-model does not exist", "line 6: out", "line 7: out holds a NUL byte",
                 "line 8: note must be a non-empty string", "line 9: qkv_concat is not an option of ms2hf"]
     for reason, needle in zip(reasons, expected):
@@ -132,7 +132,7 @@ def test_a_problem_in_the_defaults_is_every_rows_problem_and_stops_the_run(tmp_p
     m.write_text(json.dumps({"defaults": {"dtype": "float8"}}) + "\n" + json.dumps({"src": str(TINY), "out": "o"}) + "\n")
     refused(run_cli("bulk", m), "defaults: dtype", "nothing was run")
     refused(run_cli("bulk", write_manifest(tmp_path / "n.jsonl", [{"src": str(TINY), "out": "o"}]),
-                    "--set", "dtyp=float16"), "--set unknown key 'dtyp'")
+                    "--set", "dtyp=float16"), "--set unknown key 'dtyp' (did you mean 'dtype'?)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "n.jsonl"]
 
 

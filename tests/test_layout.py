@@ -26,7 +26,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                {"loader"},                               # tables found, read with extends:, cached, chosen
                {"edges"},                                # one model's mapping, read both ways
                {"config_rules"}]),                       # the config rules, both ways
-    ("sources", [{"", "checkpoint"},                     # what every reader returns
+    ("sources", [{"", "checkpoint", "hub"},              # what every reader returns; hub ids -> a snapshot
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
     ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
@@ -40,8 +40,8 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("verify", [{"options", "memory"},                   # what it is asked, what it holds
                 {"metrics", "report", "stages"},         # numbers, record, stage hooks
                 {"reference", "same_model"},             # float64 run, same-model check
-                {"hf_side", "ms_side"},                  # the two sides
-                {"config_parity", "text"},               # configs, the text report
+                {"hf_side", "ms_side", "generate"},      # the two sides; MindFormers' generation from a YAML
+                {"config_parity", "text", "junit", "plot"},  # configs; the report as text, JUnit XML, a plot
                 {"gate"},                                # one run, one verdict
                 {""}]),                                  # its front door
     ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked

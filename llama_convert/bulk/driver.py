@@ -207,8 +207,10 @@ def _stopped(e: BaseException) -> tuple[str, int]:
 
 
 def run_bulk(manifest: Path, options: BulkOptions, on_row: Callable[[int, int, dict], None] | None = None,
-             on_start: Callable[[str], None] | None = None) -> dict:
-    """Run the manifest; returns the report (also written to options.report or beside the manifest)."""
+             on_phase: Callable[[str, str], None] | None = None) -> dict:
+    """Run the manifest; returns the report (also written to options.report or beside the manifest).
+    `on_row(k, n, row)` hears each finished row; `on_phase(id, phase)` each row as it starts ("running")
+    and, with the local executor, each of its phases ("convert", "verify")."""
     if options.executor not in EXECUTORS:
         raise ConvertError(None, f"--executor {options.executor!r}; choose local or ray")
     manifest = Path(manifest).absolute()
@@ -261,13 +263,13 @@ def run_bulk(manifest: Path, options: BulkOptions, on_row: Callable[[int, int, d
         def finished(task: Task, result: dict) -> None:
             result = {k: v for k, v in result.items() if k != "retryable"}
             if task.spec["convert"] is False and result["status"] == "converted":
-                result["status"] = "skipped"  # the conversion was done before; only verify ran now
+                result["status"] = "verified"  # the conversion was done before; verify ran now, and passed
             record([(by_id[task.spec["id"]], result, task.attempts)])
 
         def started(task: Task) -> None:
             report.mark(task.spec["id"], "running")
-            if on_start:
-                on_start(task.spec["id"])
+            if on_phase:
+                on_phase(task.spec["id"], "running")
 
         def retrying(task: Task, result: dict) -> None:
             journal.append({"event": "retry", "run": run, "id": task.spec["id"], "attempt": task.attempts,
@@ -276,7 +278,8 @@ def run_bulk(manifest: Path, options: BulkOptions, on_row: Callable[[int, int, d
         if options.executor == "local":
             from .local import run_local
             run_local(tasks, options.jobs or os.cpu_count() or 1, budget, options.retries, options.timeout,
-                      finished, started, retrying)
+                      finished, started, retrying,
+                      (lambda task, name: on_phase(task.spec["id"], name)) if on_phase else None)
         elif tasks:
             from .ray_exec import run_ray
             run_ray(tasks, options.jobs, options.retries, options.timeout, finished, options.ray_address,

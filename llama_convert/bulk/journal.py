@@ -17,13 +17,14 @@ from pathlib import Path
 from ..core.errors import ConvertError
 from ..formats.files import open_input
 
-FINISHED = ("converted", "skipped", "failed", "verify_failed", "invalid")
+# verified: the conversion was done before and only verify ran now, and passed.
+FINISHED = ("converted", "verified", "skipped", "failed", "verify_failed", "invalid")
 # A row the run has not finished: not started yet, running when the report was written, or stopped
 # by an interrupted driver. --retry-failed runs these again.
 UNFINISHED = ("not_started", "running", "interrupted")
 STATUSES = FINISHED + UNFINISHED
 _FAILURES_FIRST = {s: i for i, s in enumerate(("invalid", "failed", "verify_failed", "interrupted", "running",
-                                               "not_started", "converted", "skipped"))}
+                                               "not_started", "converted", "verified", "skipped"))}
 MAX_EVENT_BYTES = 1 << 20   # a journal line longer than this was not written by us
 
 
@@ -112,14 +113,31 @@ def write_report(path: Path, report: dict) -> None:
         raise
 
 
+def verify_cell(verify: dict | None) -> str:
+    """A row's verify result in a few characters: the verdict and the numbers a reader scans for."""
+    if not isinstance(verify, dict):
+        return "-"
+    if not verify.get("passed"):
+        return f"FAIL at {verify.get('first_divergent_layer') or 'see reason'}"
+    parts = ["PASS"]
+    if isinstance(verify.get("logits_ratio"), (int, float)):
+        parts.append(f"ratio {verify['logits_ratio']:.2f}")
+    if isinstance(verify.get("max_abs_diff"), (int, float)):
+        parts.append(f"max_abs {verify['max_abs_diff']:.1e}")
+    if isinstance(verify.get("top1_agreement"), (int, float)):
+        parts.append(f"top1 {verify['top1_agreement']:.3f}")
+    return " ".join(parts)
+
+
 def table_text(report: dict) -> str:
     rows = sorted(report["rows"], key=lambda r: _FAILURES_FIRST.get(r["status"], 9))
-    head = ("id", "status", "secs", "attempts", "reason")
+    head = ("id", "status", "secs", "attempts", "verify", "reason")
     cells = [(r["id"], r["status"], f"{sum((r.get('seconds') or {}).values()):.1f}", str(r.get("attempts", 0)),
-              r.get("reason") or "") for r in rows]
-    widths = [max(len(c[i]) for c in cells + [head]) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:4], widths)) + "  " + head[4]]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell[:4], widths)) + "  " + cell[4] for cell in cells]
+              verify_cell(r.get("verify")), r.get("reason") or "") for r in rows]
+    n = len(head) - 1
+    widths = [max(len(c[i]) for c in cells + [head]) for i in range(n)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:n], widths)) + "  " + head[n]]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell[:n], widths)) + "  " + cell[n] for cell in cells]
     counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
     lines.append(f"{report['rows_finished']}/{report['rows_total']} rows: {counts or 'none'}")
     return "\n".join(lines)

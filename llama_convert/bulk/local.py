@@ -13,9 +13,11 @@ SIGNAL_POLL = 0.2   # seconds
 
 def run_local(tasks: list[Task], jobs: int, budget: int, retries: int, timeout: float | None,
               finished: Callable[[Task, dict], None], started: Callable[[Task], None] | None = None,
-              retrying: Callable[[Task, dict], None] | None = None) -> None:
+              retrying: Callable[[Task, dict], None] | None = None,
+              phase: Callable[[Task, str], None] | None = None) -> None:
     """Run every task; `finished` hears each one's final result, `retrying` each attempt that is tried
-    again. Every task fits the budget on its own (the driver fails the others before)."""
+    again, `phase` each phase of a row as it starts (from a worker thread). Every task fits the budget on
+    its own (the driver fails the others before)."""
     pending, running, used = deque(tasks), {}, 0
     accept_runners()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bulk-row")
@@ -28,7 +30,8 @@ def run_local(tasks: list[Task], jobs: int, budget: int, retries: int, timeout: 
                 used += task.memory
                 if started:  # before the runner exists: a driver stopped in between calls the row interrupted
                     started(task)
-                running[pool.submit(run_row, task.spec, timeout)] = task
+                on_phase = (lambda name, t=task: phase(t, name)) if phase else None
+                running[pool.submit(run_row, task.spec, timeout, on_phase)] = task
             # With a timeout: a signal that the kernel hands to a worker thread does not wake a main thread
             # blocked without one, and Ctrl-C would wait for a row to finish.
             done, _ = wait(running, timeout=SIGNAL_POLL, return_when=FIRST_COMPLETED)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import json
 import os
@@ -39,6 +40,12 @@ ROW_KEYS = ("src", "out", "id", "direction", "verify")
 NOTE_KEYS = ("repo", "commit", "note")   # recorded in the report, not acted on (bulk plan writes them)
 PATH_KEYS = ("src", "out", "config")
 KNOWN = set(ROW_KEYS) | set(NOTE_KEYS) | {k for keys in OPTION_KEYS.values() for k in keys}
+
+def unknown_key(key: object, what: str = "key") -> str:
+    """`unknown key 'qkv_concatt' (did you mean 'qkv_concat'?)`: a typo is named with its likely fix."""
+    close = difflib.get_close_matches(str(key), sorted(KNOWN), n=1, cutoff=0.6)
+    return f"unknown {what} {_shown(key)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
 
 # A manifest of 100,000 rows is about 20 MB. Beyond these, a file is not a manifest but a mistake or a
 # bomb, and reading it whole (or keeping a row object per line) would only exhaust memory.
@@ -186,7 +193,7 @@ def _csv_header(path: Path, n: int, header: list[str]) -> list[str]:
     """A column that is not a key would make every row invalid: that is the manifest's problem."""
     unknown = [h for h in header if h and h not in KNOWN]
     if unknown:
-        raise ConvertError(path, f"line {n}: unknown column {_shown(unknown[0])}",
+        raise ConvertError(path, f"line {n}: {unknown_key(unknown[0], 'column')}",
                            f"columns are keys: {', '.join(sorted(KNOWN))}")
     repeated = [h for h, k in Counter(h for h in header if h).items() if k > 1]
     if repeated:
@@ -323,7 +330,7 @@ def _check_defaults(defaults: dict, where: str) -> list[str]:
     problems = []
     for key, value in defaults.items():
         if key not in KNOWN:
-            problems.append(f"{where}unknown key {_shown(key)}")
+            problems.append(f"{where}{unknown_key(key)}")
         elif key in ("src", "out", "id"):
             problems.append(f"{where}{key} belongs in a row")
         else:
@@ -367,7 +374,7 @@ def _out_problem(out: Path, parents: dict[Path, str | None]) -> str | None:
 def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str], parents: dict) -> Row:
     """The row, its values checked; what is wrong with it (each problem with its key) goes into
     `problem`, led by the manifest and the line, as the report and the row's stderr line show it."""
-    bad = [*shape, *(f"unknown key {_shown(k)}" for k in own if k not in KNOWN)]
+    bad = [*shape, *(unknown_key(k) for k in own if k not in KNOWN)]
     values = {**defaults, **{k: v for k, v in own.items() if k in KNOWN}}
     checked: dict = {}
     for k, v in values.items():

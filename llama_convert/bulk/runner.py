@@ -129,12 +129,15 @@ def record_sha256(out: str | Path) -> str | None:
         return None
 
 
-def run_row(row: dict, timeout: float | None = None) -> dict:
-    """Run a row's phases; never raises for the row's own failures (they are its result)."""
+def run_row(row: dict, timeout: float | None = None, on_phase=None) -> dict:
+    """Run a row's phases; never raises for the row's own failures (they are its result). `on_phase(name)`
+    hears each phase ("convert", "verify") as it starts."""
+    on_phase = on_phase or (lambda phase: None)
     seconds: dict[str, float] = {}
     result = {"id": row["id"], "status": "converted", "reason": "", "exit_code": 0, "retryable": False,
               "seconds": seconds, "bytes": None, "node": os.uname().nodename, "verify": None, "record_sha256": None}
     if row.get("convert", True):
+        on_phase("convert")
         code, _, err, secs = _run(_phase("convert", row), timeout)
         seconds["convert"] = round(secs, 3)
         if code != 0:
@@ -151,13 +154,14 @@ def run_row(row: dict, timeout: float | None = None) -> dict:
     result["record_sha256"] = record_sha256(row["out"])
     if not row.get("verify"):
         return result
+    on_phase("verify")
     code, out, err, secs = _run(_phase("verify", row), timeout)
     seconds["verify"] = round(secs, 3)
     if code in (0, 1):
         try:
             report = json.loads(out)
-            keys = ("passed", "max_abs_diff", "cosine_min", "kl_max", "top1_agreement", "first_divergent_layer",
-                    "failures")
+            keys = ("passed", "logits_ratio", "max_abs_diff", "cosine_min", "kl_max", "top1_agreement",
+                    "first_divergent_layer", "failures")
             result["verify"] = {k: report.get(k) for k in keys}
         except ValueError:
             result["verify"] = {"passed": code == 0}

@@ -20,10 +20,16 @@ def default_hf_cache() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+def _normal(path: Path) -> Path:
+    """Absolute and without `..` or `.` (`.../bulk/../../shared` -> `.../shared`), as written into a manifest
+    someone reads; symlinks are kept as the user named them."""
+    return Path(os.path.normpath(Path(path).absolute()))
+
+
 def rows_from_hf_cache(cache: Path, out_root: Path) -> list[dict]:
     """One row per model snapshot that holds a config.json: the snapshot refs/main names goes to
     OUT_ROOT/ORG--NAME, any other to OUT_ROOT/ORG--NAME@COMMIT12."""
-    cache, out_root = Path(cache).absolute(), Path(out_root).absolute()
+    cache, out_root = _normal(cache), _normal(out_root)
     if not cache.is_dir():
         raise ConvertError(cache, "is not a directory", "give the hub cache, e.g. ~/.cache/huggingface/hub")
     rows = []
@@ -59,7 +65,7 @@ def _model_dirs(root: Path):
 def rows_from_dir(root: Path, out_root: Path) -> list[dict]:
     """One row per model directory under ROOT (HF: config.json; MindSpore: .ckpt, or safetensors with a
     YAML), its output at the same relative place under OUT_ROOT."""
-    root, out_root = Path(root).absolute(), Path(out_root).absolute()
+    root, out_root = _normal(root), _normal(out_root)
     if not root.is_dir():
         raise ConvertError(root, "is not a directory")
     if out_root.is_relative_to(root):

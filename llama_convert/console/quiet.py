@@ -64,11 +64,29 @@ def import_mindformers():
 
 
 def import_transformers():
-    """transformers, errors only unless --verbose."""
+    """transformers, errors only and no progress bars ("Loading checkpoint shards") unless --verbose."""
     import transformers
     if not _verbose:
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     return transformers
+
+
+@contextlib.contextmanager
+def frameworks_quiet():
+    """While verify or generate runs the frameworks: their warnings too are kept out unless --verbose
+    (MindFormers warns at import that optional models of its own cannot load, `hyper_parallel`, and logs
+    INFO lines as it builds and loads a model, under a logger it names after its log path). Errors
+    still show. A library caller's own logging is as it was afterwards."""
+    if _verbose:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def versions() -> dict[str, str | None]:

@@ -7,8 +7,10 @@ installation, told as bad input (exit 2) with the line that installs it, never a
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Iterator
 
@@ -16,7 +18,7 @@ from .errors import ConvertError
 
 # Top-level module -> the extra of pyproject.toml that pins it.
 EXTRAS = {"torch": "torch", "mindspore": "verify", "mindformers": "verify", "transformers": "verify",
-          "safetensors": "verify", "ray": "ray"}
+          "safetensors": "verify", "ray": "ray", "huggingface_hub": "hub", "matplotlib": "plot"}
 
 
 def extra_for(module: str | None) -> str | None:
@@ -30,6 +32,30 @@ def install_line(extra: str) -> str:
     return f"{sys.executable} -m pip install '.[{extra}]'"
 
 
+def pins(extra: str) -> list[str]:
+    """The requirements `extra` installs, exactly as pyproject.toml pins them: the pyproject.toml of the
+    checkout this package runs from, else the installed distribution's metadata (an install from a wheel)."""
+    try:
+        import tomllib
+        project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+        return list(project["project"]["optional-dependencies"][extra])
+    except Exception:  # not a checkout
+        pass
+    try:
+        from importlib import metadata
+        return [r.split(";")[0].strip() for r in metadata.requires("llama-convert") or []
+                if re.search(rf"extra\s*==\s*['\"]{re.escape(extra)}['\"]", r)]
+    except Exception:  # not installed as a distribution either
+        return []
+
+
+def pinned_line(extra: str) -> str:
+    """What installs `extra`: from a checkout, and, for an install from a wheel, the pinned packages."""
+    line = f"{install_line(extra)} in the llama-convert checkout"
+    exact = [p for p in pins(extra) if not p.startswith("llama-convert")]
+    return line + (f" (or: {sys.executable} -m pip install {' '.join(repr(p) for p in exact)})" if exact else "")
+
+
 def missing(error: ModuleNotFoundError, needed_for: str, extra: str | None = None) -> ConvertError | None:
     """The refusal for a failed import, or None when no extra would mend it. `extra`: the one the purpose
     needs, which brings the module and what the purpose imports next (verify needs more than torch); a
@@ -41,8 +67,7 @@ def missing(error: ModuleNotFoundError, needed_for: str, extra: str | None = Non
     if extra is None:
         return None
     return ConvertError(None, f"{needed_for} needs the Python package {name.split('.')[0]}, which is not installed",
-                        f"install llama-convert's {extra} extra, pinned as the tests ran it: "
-                        f"{install_line(extra)} in the llama-convert checkout")
+                        f"install llama-convert's {extra} extra, pinned as the tests ran it: {pinned_line(extra)}")
 
 
 @contextmanager

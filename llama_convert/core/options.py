@@ -229,6 +229,25 @@ class HF2MSOptions(Options):
     ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
 
 
+@dataclass(frozen=True)
+class SourceOptions(Options):
+    """Where a HF source comes from when it is named by hub repo id (or a models--ORG--NAME cache folder):
+    which snapshot, and whether it may be fetched. Not options of the conversion itself: conversion.json
+    records the repo id and commit the source resolved to."""
+    revision: str | None = option(None, "The snapshot of a hub repo id (or of a models--ORG--NAME cache folder) to "
+                                  "read: a branch, tag or commit.", metavar="REV", default_text="main", manifest=False)
+    download: bool = option(False, "Fetch a hub repo id that the local hub cache (HF_HUB_CACHE / HF_HOME) does not "
+                            "hold, with huggingface_hub; never done without this flag.", manifest=False)
+
+
+@dataclass(frozen=True)
+class GenerateOptions(Options):
+    """generate: MindFormers' text generation from a conversion's YAML, the smoke test after converting."""
+    prompt: str | None = option(None, "The text to continue (required).", metavar="TEXT", manifest=False)
+    max_new_tokens: int | None = option(None, "Tokens to generate.", parse=whole(1, 2**20), metavar="N",
+                                        default_text="the YAML's max_length", manifest=False)
+
+
 DEFAULT_HF_SHARD = 5 * 10**9   # transformers' own default max_shard_size
 
 

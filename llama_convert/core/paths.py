@@ -7,6 +7,7 @@ is bad input, named here once as such.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from .errors import ConvertError
@@ -29,3 +30,31 @@ def resolved(path: Path) -> Path:
         if e.errno != errno.ELOOP:
             raise
         raise loop_error(path) from None
+
+
+def report_target(path: Path, what: str, keep_out_of: list[Path]) -> Path:
+    """A report file the user named (verify --junit FILE): checked before any work, so a wrong path costs
+    nothing. Not a directory, not inside a checkpoint directory (a conversion lists exactly its files)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConvertError(path, f"is a directory; {what} needs a file name", "e.g. reports/verify.xml")
+    where = resolved(path.parent) / path.name
+    for root in keep_out_of:
+        if root.exists() and where.is_relative_to(resolved(root)):
+            raise ConvertError(path, f"lies inside {root}; {what} is not written into a checkpoint directory",
+                               "write it beside it, e.g. reports/")
+    return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write path in one step (written beside it, then renamed): a reader never sees half a file, and a
+    failed write leaves what was there. Missing parents are made, as mkdir -p would."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -9,8 +9,11 @@ from pathlib import Path
 from ..core.sizes import human_bytes
 from .hashing import Hashes
 from .run_yaml import model_yaml, side_files
+
+TEXT_TOKENIZERS = {"tokenizer.model", "tokenizer.json"}   # what MindFormers' tokenizer classes can be built from
 from ..core.paths import resolved
 from ..plan.plan import Plan, weights_dtype
+from ..sources.hub import hub_origin
 from ..core.version import __version__
 
 
@@ -21,6 +24,8 @@ class Result:
     record: dict
     seconds: float
     plan: Plan
+    already_converted: bool = False   # OUT held this very conversion: nothing was written
+
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -34,7 +39,7 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
         "options": plan.options.as_dict(),
-        "source": {"dir": str(resolved(src.root)),
+        "source": {"dir": str(resolved(src.root)), **({"hub": hub} if (hub := hub_origin(src.root)) else {}),
                    "files": [hashes.record(p, _relative(p, src.root)) for p in src.input_files()]},
         "hashes": "sha256" if hashes.enabled else "skipped (--no-hash)",
         "outputs": outputs,
@@ -72,14 +77,30 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def warnings(plan: Plan) -> list[str]:
+    """What the user should know before relying on the output: said at conversion time, on stderr."""
+    found = []
+    if plan.direction == "hf2ms" and not {p.name for p in plan.source.tokenizer_files} & TEXT_TOKENIZERS:
+        found.append(f"{plan.source.root} has no tokenizer (tokenizer.model or tokenizer.json), so the output's YAML "
+                     "has no processor: MindFormers can run it on token ids (model.generate(ids), verify) but not on "
+                     "text (Trainer.predict(input_data=...), llama-convert generate); put the model's tokenizer "
+                     "files into the source directory and convert again")
+    return found
+
+
 def result_json(plan: Plan, result: Result) -> dict:
     return {"ok": True, "out_dir": str(result.out_dir), "format": plan.options.format,
             "tensor_count": len(plan.tensors), "bytes": plan.total_bytes, "seconds": round(result.seconds, 3),
             "files": result.files, "skipped": plan.skipped,
-            "casts": [t.as_dict() for t in plan.tensors if t.cast], "notes": plan.translation.notes}
+            "casts": [t.as_dict() for t in plan.tensors if t.cast], "notes": plan.translation.notes,
+            "warnings": warnings(plan), "already_converted": result.already_converted}
 
 
 def result_text(plan: Plan, result: Result) -> str:
+    if result.already_converted:
+        return (f"already converted: {result.out_dir} holds the conversion of {plan.source.root} with these options "
+                "(same source files by sha256, same mapping table, every output present); nothing written "
+                "(--force converts again)")
     casts = [t for t in plan.tensors if t.cast]
     lines = [f"converted {plan.source.root} -> {result.out_dir} in {result.seconds:.2f} s",
              f"  {len(plan.tensors)} tensors, {human_bytes(plan.total_bytes, 2)}, format {plan.options.format}"

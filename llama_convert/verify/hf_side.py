@@ -11,7 +11,7 @@ from ..console.quiet import import_transformers
 from ..core.errors import ConvertError
 from ..table.loader import Table
 from .reference import Reference
-from .stages import Stages, capture_places, float32_torch
+from .stages import StageBuffers, Stages, capture_places
 
 
 class HFSide:
@@ -42,6 +42,7 @@ class HFSide:
             raise ConvertError(hf_dir, f"transformers cannot load this model: {str(e).splitlines()[0][:200]}") from None
         self.model.eval()
         self.hf_dir, self.tensors = hf_dir, tensors
+        self.buffers = StageBuffers()
         streamed = tensors is not None
         self.stages = Stages("HF", total, on_stage, self._load if streamed else None, self._drop if streamed else None)
         self.reference = None
@@ -60,19 +61,23 @@ class HFSide:
         return self.stages.captured
 
     def _load(self, place: str, module) -> None:
-        prefix, state = self.prefix[id(module)], {}
+        prefix, refs = self.prefix[id(module)], {}
         for n, _ in module.named_parameters():
             name = f"{prefix}.{n}"
             if name not in self.tensors and place == "lm_head":  # tied: the output projection is the embedding
                 name = f"{self.prefix[id(self.embedding)]}.{n}"
             if name not in self.tensors:
                 raise ConvertError(self.hf_dir, f"has no tensor {name}, which {type(self.model).__name__} needs")
-            state[n] = float32_torch(self.tensors[name])
-        module.load_state_dict(state, strict=True, assign=True)
+            refs[n] = self.tensors[name]
+        self.buffers.start(refs.values())  # the stage before has been dropped: its weights are free
+        module.load_state_dict({n: self.buffers.take(ref) for n, ref in refs.items()}, strict=True, assign=True)
 
     def _drop(self, module) -> None:
         module.to("meta")
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.model(self.torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+        try:
+            with self.torch.no_grad():
+                return self.model(self.torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+        finally:
+            self.buffers.release()  # room for the other side's

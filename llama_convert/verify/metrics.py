@@ -36,8 +36,9 @@ def place_row(place: str, ref: np.ndarray, hf: np.ndarray, ms: np.ndarray, facto
     (max |difference|), their ratio, and the old relative measure against HF float32. `ref` None (no
     reference run: Ascend) leaves the noise columns empty. Non-finite values on either side fail
     the place and are described."""
-    row = {"place": place, "distance": None, "noise": None, "ratio": None,
-           "max_abs_diff": _max_abs(ms, hf), "rel_diff": None, "ok": True, "nonfinite": None}
+    row = {"place": place, "distance": None, "noise": None, "ratio": None, "limit": None,
+           "max_abs_diff": _max_abs(ms, hf), "mean_abs_diff": _mean_abs(ms, hf), "rel_diff": None, "ok": True,
+           "nonfinite": None}
     with np.errstate(invalid="ignore"):
         row["rel_diff"] = row["max_abs_diff"] / max(float(np.nanmax(np.abs(hf), initial=0.0)), 1e-12)
     hf_bad = census(hf) or (census(ref) if ref is not None else None)
@@ -52,7 +53,8 @@ def place_row(place: str, ref: np.ndarray, hf: np.ndarray, ms: np.ndarray, facto
     noise, distance = _max_abs(hf, ref), _max_abs(ms, ref)
     scale = max(noise, UNIT_ROUNDOFF * float(np.abs(ref).max(initial=0.0)))
     ratio = distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf"))
-    row |= {"distance": distance, "noise": noise, "ratio": ratio, "ok": factor is None or ratio <= factor}
+    row |= {"distance": distance, "noise": noise, "ratio": ratio, "ok": factor is None or ratio <= factor,
+            "limit": None if factor is None else factor * scale}
     return row
 
 
@@ -61,6 +63,13 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
         return 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
 
 def nonfinite_failure(row: dict) -> str:
@@ -105,6 +114,8 @@ def fixed_failures(m: dict, rows: list[dict], tol: dict) -> tuple[list[str], str
     first = None
     for row in rows:
         row["ok"] = row["ok"] and row["rel_diff"] <= tol["layer_rel_diff"]
+        if row["rel_diff"]:  # the limit on max_abs_diff that layer_rel_diff sets at this place
+            row["limit"] = tol["layer_rel_diff"] * row["max_abs_diff"] / row["rel_diff"]
         if first is None and not row["ok"]:
             first = row["place"]
     return failures, first

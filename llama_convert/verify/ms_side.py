@@ -10,7 +10,7 @@ from ..console.quiet import import_mindformers
 from ..core.errors import ConvertError
 from ..table.loader import Table
 from ..sources.ms import ms_checkpoint_files
-from .stages import Stages, capture_places, float32_torch
+from .stages import StageBuffers, Stages, capture_places
 
 # verify runs MindFormers in float32 whatever the YAML says, as HF runs: the two sides then differ by
 # rounding alone (the table's CPU settings choose the kernels; these, every dtype).
@@ -36,6 +36,7 @@ class MSSide:
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
         self.ms_dir, self.tensors, self.device = ms_dir, tensors, device
+        self.buffers = StageBuffers()
         try:
             if tensors is None:
                 self.net = model_class(config_class(**{**cfg, **overrides}))
@@ -86,8 +87,13 @@ class MSSide:
         self.stages.capture = value
 
     def _load(self, place: str, cell) -> None:
-        for p in cell.get_parameters():
-            data = self.ms.Tensor.from_numpy(float32_torch(self.tensors[p.name]).numpy())  # shares, no copy
+        params = list(cell.get_parameters())
+        # PyNative runs ops asynchronously and Tensor.from_numpy shares memory: nothing may still read the
+        # buffers of the stage before when they are refilled.
+        self.ms.runtime.synchronize()
+        self.buffers.start([self.tensors[p.name] for p in params])
+        for p in params:
+            data = self.ms.Tensor.from_numpy(self.buffers.take(self.tensors[p.name]).numpy())  # shares, no copy
             if self.device != "CPU":  # the production kernels take the checkpoint's own precision
                 data = data.astype(p.dtype)
             # slice_shape: the placeholder left by _drop has another shape than the weight
@@ -103,9 +109,13 @@ class MSSide:
         batch, n = ids.shape
         padded = np.zeros((batch, self.length), dtype=np.int32)
         padded[:, :n] = ids
-        out = self.net(self.ms.Tensor(padded))
-        logits = out[0] if isinstance(out, tuple) else out
-        return logits.astype(self.ms.float32).asnumpy().reshape(batch, self.length, -1)[:, :n]
+        try:
+            out = self.net(self.ms.Tensor(padded))
+            logits = out[0] if isinstance(out, tuple) else out
+            return logits.astype(self.ms.float32).asnumpy().reshape(batch, self.length, -1)[:, :n]
+        finally:
+            self.ms.runtime.synchronize()
+            self.buffers.release()
 
 
 def load_ms_params(ms, ms_dir: Path) -> dict:

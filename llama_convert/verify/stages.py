@@ -4,6 +4,7 @@ from __future__ import annotations
 from operator import attrgetter
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -24,6 +25,59 @@ def float32_torch(ref):
     if ref.dtype == "bfloat16":  # read() gives the bits as uint16; the view costs nothing
         return data.view(torch.bfloat16).float()
     return data.float()
+
+
+_WIDENS = ("bfloat16", "float16", "float32")
+
+
+class StageBuffers:
+    """A stage's weights read from disk and widened to float32 into two buffers reused from stage to
+    stage (the bytes as stored, the float32 values), grown to the largest stage. A fresh allocation per
+    tensor costs the kernel's zero-filling of every page it touches: widening 65M bfloat16 values into
+    a new tensor takes 0.62 s, into a reused one 0.08 s (measured here), and a streamed verify widens
+    every weight of the model on both sides. The tensors `take` returns are views into the buffers:
+    valid until the next `start`, which the caller makes only once the previous stage's module has let
+    go of them (its hooks drop a stage's weights right after it runs)."""
+
+    def __init__(self):
+        self._raw = None   # numpy uint8: the stored bytes of one stage's half-precision tensors
+        self._f32 = None   # torch float32: one stage's weights, widened
+        self._raw_at = self._f32_at = 0
+
+    def start(self, refs) -> None:
+        """Make room for the tensors of one stage (TensorRefs), forgetting the stage before."""
+        import numpy as np
+        import torch
+        raw = sum(r.nbytes for r in refs if r.ranges is not None and r.dtype in ("bfloat16", "float16"))
+        values = sum(math.prod(r.shape) for r in refs)
+        if self._raw is None or self._raw.size < raw:
+            self._raw = None
+            self._raw = np.empty(raw, dtype=np.uint8)
+        if self._f32 is None or self._f32.numel() < values:
+            self._f32 = None
+            self._f32 = torch.empty(values, dtype=torch.float32)
+        self._raw_at = self._f32_at = 0
+
+    def take(self, ref):
+        """`ref`'s values as float32, a view into the buffers (a dtype or source they do not serve: a new tensor)."""
+        import torch
+        if ref.ranges is None or ref.dtype not in _WIDENS:
+            return float32_torch(ref)
+        n = math.prod(ref.shape)
+        out = self._f32[self._f32_at:self._f32_at + n]
+        self._f32_at += n
+        if ref.dtype == "float32":  # read straight into place
+            ref.ranges.read_into(memoryview(out.numpy()).cast("B"), 0)
+            return out.view(ref.shape)
+        raw = self._raw[self._raw_at:self._raw_at + ref.nbytes]
+        self._raw_at += ref.nbytes
+        ref.ranges.read_into(memoryview(raw), 0)
+        stored = torch.from_numpy(raw).view(torch.bfloat16 if ref.dtype == "bfloat16" else torch.float16)
+        out.copy_(stored)
+        return out.view(ref.shape)
+
+    def release(self) -> None:
+        self._raw = self._f32 = None
 
 
 class Stages:
