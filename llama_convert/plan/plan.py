@@ -65,6 +65,7 @@ class Plan:
     # ms2hf: config.json and generation_config.json as data; output/run_yaml.py writes them (or the YAML)
     hf_config: dict | None = None
     generation_config: dict | None = None
+    widened_from: str | None = None   # hf2ms --device CPU: the half-precision dtype the weights were widened from
 
     @property
     def model_config(self) -> dict:
@@ -109,6 +110,8 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
                              tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
+    if options.device == "CPU" and weights_dtype(source.tensors.values()) != mc["param_init_type"]:
+        plan.widened_from = weights_dtype(source.tensors.values())
     assign_shards(plan)
     return plan
 
@@ -122,8 +125,17 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     mc = dict(source.config)
     check_model_config(table, mc, source.config_file)
     refuse_layer_count(source, [r.name for r in table.ms_tensors], mc["num_layers"], "model_config.num_layers")
-    hf_dtype = options.dtype if options.dtype != "keep" else str(mc.get("param_init_type", "float32"))
-    hf_config, gen = translate_back(table, mc, source.config_file, None if options.dtype == "keep" else hf_dtype)
+    notes = []
+    if options.dtype != "keep":
+        hf_dtype = options.dtype
+    elif source.widened_from:
+        # --device CPU widened a half-precision source to float32; narrowing those values back is exact
+        hf_dtype = source.widened_from
+        notes.append(f"narrowed back to {hf_dtype}, the source dtype that conversion.json records these weights "
+                     f"were widened from (--device CPU); exact for the weights as converted; --dtype overrides")
+    else:
+        hf_dtype = str(mc.get("param_init_type", "float32"))
+    hf_config, gen = translate_back(table, mc, source.config_file, None if hf_dtype == mc.get("param_init_type") else hf_dtype)
     edges = expand(table, mc, hf_config)
     seen = account(table, "ms", edges.expected("ms"), source.tensors, source.non_tensors, _where(source),
                    source.config_file.name)
@@ -135,7 +147,7 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
                 written.add(name)
                 tensors.append(PlannedTensor(name, shape, hf_dtype, (e.ms,), src_dtype, e.op,
                                              part=None if e.op == "copy" else part))
-    plan = Plan(source, table, options, Translation(mc), tensors, seen.skipped, [], direction="ms2hf",
+    plan = Plan(source, table, options, Translation(mc, notes=notes), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
