@@ -108,7 +108,7 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     seen = account(table, "hf", edges.expected("hf"), source.tensors, [], _where(source), "config.json")
     dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
     tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
-                             tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
+                             tuple(source.tensors[s].dtype for s in e.hf), e.op, part=e.part) for e in edges.edges]
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     if options.device == "CPU" and weights_dtype(source.tensors.values()) != mc["param_init_type"]:
         plan.widened_from = weights_dtype(source.tensors.values())
@@ -140,7 +140,16 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     seen = account(table, "ms", edges.expected("ms"), source.tensors, source.non_tensors, _where(source),
                    source.config_file.name)
     tensors, written = [], set()
+    packed = _packed_parts(edges.edges)
     for e in edges.edges:
+        if e.part is not None:  # one part of a packed HF tensor: the tensor is packed from all its parts at once
+            name = e.hf[0]
+            if name not in written:
+                written.add(name)
+                parts = packed[name]
+                tensors.append(PlannedTensor(name, e.hf_shapes[0], hf_dtype, parts,
+                                             tuple(source.tensors[p].dtype for p in parts), e.op))
+            continue
         src_dtype = (source.tensors[e.ms].dtype,)
         for part, (name, shape) in enumerate(zip(e.hf, e.hf_shapes)):
             if name not in written:  # one HF tensor may feed two MindFormers ones (--untie): write it once
@@ -152,6 +161,16 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
     return plan
+
+
+def _packed_parts(edges) -> dict[str, tuple[str, ...]]:
+    """HF tensor -> the MindFormers tensors it is packed from, in the op's order (tables that take a
+    packed HF tensor apart, part by part)."""
+    parts: dict[str, dict[int, str]] = {}
+    for e in edges:
+        if e.part is not None:
+            parts.setdefault(e.hf[0], {})[e.part] = e.ms
+    return {name: tuple(by_part[k] for k in sorted(by_part)) for name, by_part in parts.items()}
 
 
 # MindSpore's CPU build has no ArgMax/TopK kernels for generation (ArgMaxExt, TopkExt "unregistered"):

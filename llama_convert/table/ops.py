@@ -35,6 +35,9 @@ class Op:
     # Where each input's elements land in the output, run by run. It lets the executor read source
     # bytes straight into their final place (one copy) instead of reading, then rearranging.
     placement: Callable[[Sequence[Shape], OpContext], list[Placement]] | None = None
+    # How many tensors forward takes (and inverse gives back). A table may name one of them (`part:`) to
+    # take a packed source apart: the MindFormers tensor is that part of the source's inverse.
+    parts: int = 1
 
 
 def _copy_forward(xs, ctx):
@@ -109,10 +112,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("copy", "the tensor as it is", _copy_forward, lambda w, ctx: [w],
        lambda shapes, ctx: tuple(shapes[0]), lambda shape, ctx: [tuple(shape)]),
     Op("qkv_grouped", "q, k, v rows regrouped per KV head: [q-group, k, v] x n_kv_heads",
-       _qkv_forward, _qkv_inverse, _sum_rows, _qkv_in_shapes, _qkv_placement),
+       _qkv_forward, _qkv_inverse, _sum_rows, _qkv_in_shapes, _qkv_placement, 3),
     Op("gate_up_interleaved", "gate and up rows interleaved one by one",
        _gate_up_forward, _gate_up_inverse, _sum_rows,
-       lambda shape, ctx: [(shape[0] // 2, *shape[1:])] * 2, _gate_up_placement),
+       lambda shape, ctx: [(shape[0] // 2, *shape[1:])] * 2, _gate_up_placement, 2),
 )}
 
 

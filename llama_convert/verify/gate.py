@@ -11,7 +11,7 @@ from ..core.errors import ConvertError
 from ..core.machine import available_memory, peak_rss
 from ..sources.ms import ms_checkpoint_files
 from .config_parity import config_differences, generation_differences, mindformers_defaults
-from .hf_side import HFSide
+from .hf_side import HFSide, hf_model_class
 from .memory import whole_model_estimate
 from .metrics import fixed_failures, logits_metrics, nonfinite_failure, place_row
 from .ms_side import MSSide
@@ -76,6 +76,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
     ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
     hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
+    hf_model_class(hf_dir, hf_plan.table)  # before anything is loaded: remote-code families have no HF side
     cfg = ms_plan.model_config
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
