@@ -418,3 +418,30 @@ def test_internlm2_bias_puts_biases_on_wqkv_and_wo_and_its_pad_id_is_explained()
     t = translate(load_table("internlm2"), cfg, None, HF2MSOptions(), "bfloat16", path)
     assert t.model_config["qkv_has_bias"] is True and t.model_config["attn_proj_has_bias"] is True
     assert any(n.startswith("pad_token_id 2: MindFormers masks attention") for n in t.notes)
+
+
+# ------------------------------------------------------------------ phi3: what it cannot convert, by name
+
+PHI3 = FIXTURES / "phi3-tied-fp32"
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"partial_rotary_factor": 0.75}, "partial_rotary_factor: 0.75 is not supported, only 1.0"),
+    ({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}},
+     "rope_scaling: rope scaling type 'longrope' has no MindFormers equivalent"),
+    ({"rope_scaling": {"type": "su", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}},
+     "rope_scaling: rope scaling type 'su' has no MindFormers equivalent"),
+    ({"sliding_window": 2047, "max_position_embeddings": 4096},   # Phi-3-mini-4k-instruct's own
+     "sliding_window: a window of 2047 tokens is shorter than seq_length 4096"),
+], ids=["partial-rotary", "longrope", "su", "window-shorter-than-seq_length"])
+def test_phi3_what_llama_cannot_compute_is_refused_by_name(change, said):
+    cfg = {**json.loads((PHI3 / "config.json").read_text()), **change}
+    with pytest.raises(ConvertError) as e:
+        translate(load_table("phi3"), cfg, None, HF2MSOptions(), "float32", PHI3 / "config.json")
+    assert e.value.one_line().startswith(f"{PHI3 / 'config.json'}: {said}")
+
+
+def test_phi3_a_window_is_fine_once_seq_length_fits_in_it():
+    cfg = {**json.loads((PHI3 / "config.json").read_text()), "sliding_window": 2047, "max_position_embeddings": 4096}
+    mc = translate(load_table("phi3"), cfg, None, HF2MSOptions(seq_length=2047), "float32", PHI3 / "config.json").model_config
+    assert mc["seq_length"] == 2047

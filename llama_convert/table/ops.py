@@ -5,6 +5,7 @@ and its inverse restores the input bit for bit.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -108,6 +109,69 @@ def _sum_rows(shapes, ctx):
     return (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
+# Packings of HF checkpoints that keep the parts whole, one after another (Phi-3's qkv_proj and
+# gate_up_proj, Baichuan's W_pack): a row concatenation, and the regrouping of such a tensor into
+# MindFormers' fused layouts. Forward packs, inverse takes apart; all are permutations of rows.
+
+def _concat_forward(xs, ctx):
+    import numpy as np
+    return np.concatenate(list(xs), axis=0)
+
+
+def _split_rows(w, sizes):
+    import numpy as np
+    return [part.copy() for part in np.split(w, list(itertools.accumulate(sizes))[:-1], axis=0)]
+
+
+def _qkv_sizes(rows: int, ctx: OpContext) -> list[int]:
+    """Rows of q, k and v in a [q; k; v] tensor of `rows` rows."""
+    d = rows // (ctx.num_heads + 2 * ctx.n_kv_heads)
+    return [ctx.num_heads * d, ctx.n_kv_heads * d, ctx.n_kv_heads * d]
+
+
+def _concat_placement(shapes, ctx):
+    row, at, out = math.prod(shapes[0][1:]), 0, []
+    for s in shapes:
+        out.append([(at, s[0] * row)])
+        at += s[0] * row
+    return out
+
+
+def _qkv_contiguous_in_shapes(shape, ctx):
+    return [(n, *shape[1:]) for n in _qkv_sizes(shape[0], ctx)]
+
+
+def _halves(shape, ctx):
+    return [(shape[0] // 2, *shape[1:])] * 2
+
+
+def _regroup_qkv_forward(xs, ctx):
+    (w,) = xs
+    return _qkv_forward(_split_rows(w, _qkv_sizes(w.shape[0], ctx)), ctx)
+
+
+def _regroup_qkv_inverse(w, ctx):
+    return [_concat_forward(_qkv_inverse(w, ctx), ctx)]
+
+
+def _regroup_qkv_placement(shapes, ctx):
+    # the source is q, then k, then v: their runs, in that order, are the source's runs in order
+    return [[run for runs in _qkv_placement(_qkv_contiguous_in_shapes(shapes[0], ctx), ctx) for run in runs]]
+
+
+def _regroup_gate_up_forward(xs, ctx):
+    (w,) = xs
+    return _gate_up_forward(_split_rows(w, [w.shape[0] // 2] * 2), ctx)
+
+
+def _regroup_gate_up_inverse(w, ctx):
+    return [_concat_forward(_gate_up_inverse(w, ctx), ctx)]
+
+
+def _regroup_gate_up_placement(shapes, ctx):
+    return [[run for runs in _gate_up_placement(_halves(shapes[0], ctx), ctx) for run in runs]]
+
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("copy", "the tensor as it is", _copy_forward, lambda w, ctx: [w],
        lambda shapes, ctx: tuple(shapes[0]), lambda shape, ctx: [tuple(shape)]),
@@ -116,6 +180,18 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("gate_up_interleaved", "gate and up rows interleaved one by one",
        _gate_up_forward, _gate_up_inverse, _sum_rows,
        lambda shape, ctx: [(shape[0] // 2, *shape[1:])] * 2, _gate_up_placement, 2),
+    Op("qkv_contiguous", "q, k, v rows one after another: [q; k; v]",
+       _concat_forward, lambda w, ctx: _split_rows(w, _qkv_sizes(w.shape[0], ctx)), _sum_rows,
+       _qkv_contiguous_in_shapes, _concat_placement, 3),
+    Op("gate_up_contiguous", "gate rows, then up rows: [gate; up]",
+       _concat_forward, lambda w, ctx: _split_rows(w, [w.shape[0] // 2] * 2), _sum_rows, _halves,
+       _concat_placement, 2),
+    Op("qkv_contiguous_to_grouped", "a [q; k; v] tensor regrouped per KV head: [q-group, k, v] x n_kv_heads",
+       _regroup_qkv_forward, _regroup_qkv_inverse, lambda shapes, ctx: tuple(shapes[0]),
+       lambda shape, ctx: [tuple(shape)], _regroup_qkv_placement),
+    Op("gate_up_contiguous_to_interleaved", "a [gate; up] tensor with its gate and up rows interleaved one by one",
+       _regroup_gate_up_forward, _regroup_gate_up_inverse, lambda shapes, ctx: tuple(shapes[0]),
+       lambda shape, ctx: [tuple(shape)], _regroup_gate_up_placement),
 )}
 
 
