@@ -54,8 +54,9 @@ def op_rows(name: str, n_heads: int, n_kv: int, d: int) -> int:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(sorted(ops.OPS)), heads(), st.sampled_from([np.float32, np.float16, np.uint16]))
-def test_every_registered_op_inverts_exactly(name, shape, dtype):
+@given(st.sampled_from(sorted(n for n, op in ops.OPS.items() if not op.lossy)), heads(),
+       st.sampled_from([np.float32, np.float16, np.uint16]))
+def test_every_registered_op_but_the_lossy_one_inverts_exactly(name, shape, dtype):
     """inverse(forward(x)) == x, bit for bit, for every op in the registry and every storage dtype."""
     n_heads, n_kv, d, x = shape
     ctx = ops.OpContext(n_heads, n_kv)

@@ -359,7 +359,6 @@ def test_options_refuse_values_the_cli_would_refuse():
 
 # What each published config must do: convert with this table, or be refused naming this key.
 FAMILY_VERDICTS = {
-    "Baichuan2__cpu-debug-shrunk-hidden8": "architectures",
     "DeepSeek-R1-Distill-Qwen-14B__mlx-3bit-indent4": "quantization",
     "Dolphin3.0-R1-Mistral-24B__head_dim128-ne-hidden-over-heads": "head_dim",
     "Qwen2.5-Coder-32B-Instruct__hf-pr-yarn-use_sliding_window-true": "use_sliding_window",

@@ -109,6 +109,7 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
     tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
                              tuple(source.tensors[s].dtype for s in e.hf), e.op, part=e.part) for e in edges.edges]
+    translation.notes += lossy_notes(edges.edges, "ms")
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     if options.device == "CPU" and weights_dtype(source.tensors.values()) != mc["param_init_type"]:
         plan.widened_from = weights_dtype(source.tensors.values())
@@ -156,11 +157,22 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
                 written.add(name)
                 tensors.append(PlannedTensor(name, shape, hf_dtype, (e.ms,), src_dtype, e.op,
                                              part=None if e.op == "copy" else part))
+    notes += lossy_notes(edges.edges, "hf")
     plan = Plan(source, table, options, Translation(mc, notes=notes), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
     return plan
+
+
+def lossy_notes(edges, side: str) -> list[str]:
+    """One note per op that changes values (ops.Op.lossy), naming the tensors of `side` it writes."""
+    written: dict[str, list[str]] = {}
+    for e in edges:
+        if ops.get(e.op).lossy:
+            written.setdefault(e.op, []).extend([e.ms] if side == "ms" else list(e.hf))
+    return [f"{', '.join(names[:2])}{' ...' if len(names) > 2 else ''}: {ops.get(op).doc}; {ops.get(op).lossy}"
+            for op, names in written.items()]
 
 
 def _packed_parts(edges) -> dict[str, tuple[str, ...]]:

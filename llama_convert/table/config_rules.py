@@ -231,6 +231,21 @@ internlm2_rope.back(_rope_back)
 
 
 @rule
+def baichuan2_positions(inp: RuleInput, out: dict, notes: list) -> None:
+    """Baichuan2-7B and -13B share architectures and model_type; the 13B's modeling code adds ALiBi
+    position biases instead of RoPE, and its config (like Baichuan-13B's) has model_max_length but no
+    max_position_embeddings, which the 7B's RotaryEmbedding is built from."""
+    if inp.hf.get("max_position_embeddings") is None:
+        raise _fail(inp, "max_position_embeddings", "absent: this is Baichuan(2)-13B, whose attention adds ALiBi "
+                    "position biases, which MindFormers' Llama does not compute",
+                    "only Baichuan2-7B (RoPE, with max_position_embeddings in its config) converts")
+    positions.forward(inp, out, notes)
+
+
+baichuan2_positions.back(_positions_back)
+
+
+@rule
 def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
     pad = inp.hf.get("pad_token_id")
     if pad is None:

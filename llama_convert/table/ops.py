@@ -1,7 +1,8 @@
 """Named tensor ops that turn HF tensors into one MindFormers tensor, each with its exact inverse.
 
-Every op is a pure permutation of elements, so it works on any dtype (bf16 travels as uint16)
-and its inverse restores the input bit for bit.
+Every op but one is a pure permutation of elements, so it works on any dtype (bf16 travels as uint16)
+and its inverse restores the input bit for bit. The exception says so (`lossy`): Baichuan2's NormHead
+normalises its rows at run time, and MindFormers' Llama can only hold them normalised.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class Op:
     # How many tensors forward takes (and inverse gives back). A table may name one of them (`part:`) to
     # take a packed source apart: the MindFormers tensor is that part of the source's inverse.
     parts: int = 1
+    # Why the inverse cannot restore the input, for the one op that changes values; None: exact.
+    lossy: str | None = None
 
 
 def _copy_forward(xs, ctx):
@@ -172,6 +175,24 @@ def _regroup_gate_up_placement(shapes, ctx):
     return [[run for runs in _gate_up_placement(_halves(shapes[0], ctx), ctx) for run in runs]]
 
 
+_STORAGE_NAMES = {"uint16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def _normalize_rows_forward(xs, ctx):
+    """Each row divided by its L2 norm, as torch.nn.functional.normalize(w) does (eps 1e-12), computed in
+    float64 and rounded once to float32 (then to the model's dtype), a block of rows at a time."""
+    import numpy as np
+    from ..core.dtypes import cast, widen
+    (w,) = xs
+    name = _STORAGE_NAMES[w.dtype.name]  # bf16 travels as its uint16 bit patterns
+    out = np.empty_like(w)
+    for start in range(0, w.shape[0], 4096):
+        rows = widen(w[start:start + 4096], name, "float32").astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
+        out[start:start + 4096] = cast((rows / np.maximum(norms, 1e-12)).astype(np.float32), "float32", name)
+    return out
+
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("copy", "the tensor as it is", _copy_forward, lambda w, ctx: [w],
        lambda shapes, ctx: tuple(shapes[0]), lambda shape, ctx: [tuple(shape)]),
@@ -192,6 +213,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("gate_up_contiguous_to_interleaved", "a [gate; up] tensor with its gate and up rows interleaved one by one",
        _regroup_gate_up_forward, _regroup_gate_up_inverse, lambda shapes, ctx: tuple(shapes[0]),
        lambda shape, ctx: [tuple(shape)], _regroup_gate_up_placement),
+    Op("normalize_rows", "each row divided by its L2 norm (Baichuan2's NormHead, done once instead of at run time)",
+       _normalize_rows_forward, lambda w, ctx: [w], lambda shapes, ctx: tuple(shapes[0]),
+       lambda shape, ctx: [tuple(shape)],
+       lossy="the rows are written normalised, as the model computes with them; their original norms are gone"),
 )}
 
 
