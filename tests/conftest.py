@@ -59,6 +59,22 @@ def model_id(p: Path) -> str:
     return p.name
 
 
+def raw(directory: Path) -> dict[str, tuple[str, tuple, bytes]]:
+    """name -> (dtype, shape, bytes) of every tensor, read by our header readers (checked elsewhere)."""
+    from llama_convert.formats import ckpt, safetensors as st
+    out = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update({n: (r.dtype, r.shape, r.read().tobytes()) for n, r in st.read_header(f)[0].items()})
+    for f in sorted(directory.glob("*.ckpt")):
+        out.update({r.name: (r.dtype, r.shape, r.read().tobytes()) for r in ckpt.scan(f)[0]})
+    if not out:
+        import torch
+        state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+        out = {n: (str(t.dtype).removeprefix("torch."), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
+               for n, t in state.items()}
+    return out
+
+
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """The installed console script, exactly as a user runs it."""
     exe = Path(sys.executable).parent / "llama-convert"

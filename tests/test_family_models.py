@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REAL_FAMILY, refused, run_cli
+from conftest import REAL_FAMILY, raw, refused, run_cli
 from llama_convert import HF2MSOptions, convert_hf2ms, plan_ms2hf
-from llama_convert.formats import ckpt, safetensors as st
 from llama_convert.verify import MSSide
 
 QWEN2 = REAL_FAMILY / "tiny-random-qwen2-qkvbias-neural-api"
@@ -84,16 +83,6 @@ def test_mistral_within_its_window_computes_the_reference_logits(ms, tmp_path):
 INTERNLM2 = REAL_FAMILY / "tiny-random-internlm2-wqkv-neural-api"   # pad_token_id 0, which its sequences hold
 
 
-def tensors(directory: Path) -> dict[str, tuple[str, tuple, bytes]]:
-    """name -> (dtype, shape, bytes) of every tensor of a safetensors or .ckpt directory."""
-    out = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        out.update({n: (r.dtype, r.shape, r.read().tobytes()) for n, r in st.read_header(f)[0].items()})
-    for f in sorted(directory.glob("*.ckpt")):
-        out.update({r.name: (r.dtype, r.shape, r.read().tobytes()) for r in ckpt.scan(f)[0]})
-    return out
-
-
 @pytest.fixture(scope="module", params=[("ckpt", False), ("safetensors", True)], ids=["split", "qkv-concat"])
 def internlm2(request, tmp_path_factory) -> Path:
     """The real InternLM2 checkpoint converted once per layout: wqkv taken apart, or copied to w_qkv."""
@@ -115,7 +104,7 @@ def test_internlm2_computes_its_reference_logits_with_and_without_qkv_concat(ms,
 
 @needs_family
 def test_internlm2_wqkv_is_copied_to_w_qkv_or_split_into_wq_wk_wv(internlm2):
-    src, got = tensors(INTERNLM2), tensors(internlm2)
+    src, got = raw(INTERNLM2), raw(internlm2)
     wqkv = src["model.layers.1.attention.wqkv.weight"]
     if "model.layers.1.attention.w_qkv.weight" in got:
         assert got["model.layers.1.attention.w_qkv.weight"] == wqkv  # the same bytes: the same layout
@@ -128,7 +117,7 @@ def test_internlm2_wqkv_is_copied_to_w_qkv_or_split_into_wq_wk_wv(internlm2):
 @needs_family
 def test_internlm2_comes_back_byte_identical(internlm2, tmp_path):
     assert run_cli("ms2hf", internlm2, tmp_path / "hf").returncode == 0
-    assert tensors(tmp_path / "hf") == tensors(INTERNLM2)
+    assert raw(tmp_path / "hf") == raw(INTERNLM2)
     back = json.loads((tmp_path / "hf/config.json").read_text())
     assert back["architectures"] == ["InternLM2ForCausalLM"] and back["bias"] is False
 

@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, run_cli
+from conftest import ALL_MODEL_DIRS, FIXTURES, raw, run_cli
 from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf
 from llama_convert.table.config_rules import rope_settings
-from llama_convert.formats import ckpt, safetensors as st
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True)))
 IDS = [f"{s.name}-{f}{'-qkv' if q else ''}" for s, f, q in COMBOS]
-
-
-def raw(directory: Path) -> dict[str, tuple[str, tuple, bytes]]:
-    """name -> (dtype, shape, bytes) of every tensor, read by our header readers (checked elsewhere)."""
-    out = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        out.update({n: (r.dtype, r.shape, r.read().tobytes()) for n, r in st.read_header(f)[0].items()})
-    for f in sorted(directory.glob("*.ckpt")):
-        out.update({r.name: (r.dtype, r.shape, r.read().tobytes()) for r in ckpt.scan(f)[0]})
-    if not out:
-        state = torch.load(directory / "pytorch_model.bin", weights_only=True)
-        out = {n: (str(t.dtype).removeprefix("torch."), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
-               for n, t in state.items()}
-    return out
 
 
 def model_keys(cfg: dict) -> dict:
