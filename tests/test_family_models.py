@@ -125,3 +125,31 @@ def test_internlm2_comes_back_byte_identical(internlm2, tmp_path):
 @needs_family
 def test_internlm2_verify_says_it_has_no_hf_side(internlm2):
     refused(run_cli("verify", INTERNLM2, internlm2), "has no InternLM2ForCausalLM", "remote", "reference logits")
+
+
+@needs_family
+def test_internlm2_biases_on_wqkv_and_wo_are_taken_apart_and_packed_again_exactly(tmp_path):
+    # InternLM2 with `bias: true` (modeling_internlm2.py: wqkv and wo take config.bias): the wqkv bias is
+    # packed per KV head like the weight's rows
+    from safetensors.numpy import save_file
+    src = tmp_path / "internlm2-bias"
+    src.mkdir()
+    cfg = {**json.loads((INTERNLM2 / "config.json").read_text()), "bias": True}
+    (src / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(5)
+    weights = {name: np.frombuffer(t[2], dtype=np.float32).reshape(t[1]) for name, t in raw(INTERNLM2).items()}
+    for i in range(cfg["num_hidden_layers"]):
+        weights[f"model.layers.{i}.attention.wqkv.bias"] = rng.standard_normal(32).astype(np.float32)
+        weights[f"model.layers.{i}.attention.wo.bias"] = rng.standard_normal(16).astype(np.float32)
+    save_file(weights, str(src / "model.safetensors"))
+    for qkv in (False, True):
+        out, back = tmp_path / f"ms-{qkv}", tmp_path / f"hf-{qkv}"
+        convert_hf2ms(src, out, HF2MSOptions(qkv_concat=qkv))
+        got = raw(out)
+        bias = weights["model.layers.1.attention.wqkv.bias"]
+        if qkv:
+            assert got["model.layers.1.attention.w_qkv.bias"][2] == bias.tobytes()
+        else:  # per KV head [q, q, k, v] of 4 values each
+            assert got["model.layers.1.attention.wk.bias"][2] == bias.reshape(2, 4, 4)[:, 2].tobytes()
+        assert run_cli("ms2hf", out, back).returncode == 0
+        assert raw(back) == raw(src)
