@@ -52,18 +52,24 @@ def expected_ms(hf_dir: Path, cfg: dict) -> dict[str, np.ndarray]:
         kinds = ["weight"] + (["bias"] if cfg["qkv_has_bias"] else [])
         if cfg["attn_proj_has_bias"]:
             out[ms + "attention.wo.bias"] = hf("self_attn.o_proj.bias")
+        # Phi-3 keeps [q; k; v] and [gate; up] in one tensor each: the concatenation MindFormers' own
+        # converters start from
+        fused = f"model.layers.{i}.self_attn.qkv_proj.weight" in sd
+        qkv_of = lambda kind: (hf(f"self_attn.qkv_proj.{kind}") if fused else  # noqa: E731
+                               np.concatenate([hf(f"self_attn.{p}_proj.{kind}") for p in "qkv"]))
+        gate_up = (hf("mlp.gate_up_proj.weight") if fused else
+                   np.concatenate([hf("mlp.gate_proj.weight"), hf("mlp.up_proj.weight")]))
+        q_rows = hidden
         if cfg["qkv_concat"]:
             for kind in kinds:
-                qkv = np.concatenate([hf(f"self_attn.{p}_proj.{kind}") for p in "qkv"])
-                out[ms + f"attention.w_qkv.{kind}"] = qkv_concat_hf2mg(qkv, heads, kv, hidden)
-            gate_up = np.concatenate([hf("mlp.gate_proj.weight"), hf("mlp.up_proj.weight")])
+                out[ms + f"attention.w_qkv.{kind}"] = qkv_concat_hf2mg(qkv_of(kind), heads, kv, hidden)
             out[ms + "feed_forward.w_gate_hidden.weight"] = ffn_concat_hf2mg(gate_up, cfg["intermediate_size"])
         else:
             for kind in kinds:
-                for p, w in zip("qkv", ("wq", "wk", "wv")):
-                    out[ms + f"attention.{w}.{kind}"] = hf(f"self_attn.{p}_proj.{kind}")
-            out[ms + "feed_forward.w1.weight"] = hf("mlp.gate_proj.weight")
-            out[ms + "feed_forward.w3.weight"] = hf("mlp.up_proj.weight")
+                q, k, v = np.split(qkv_of(kind), [q_rows, q_rows + kv * (hidden // heads)])
+                out.update({ms + f"attention.wq.{kind}": q, ms + f"attention.wk.{kind}": k,
+                            ms + f"attention.wv.{kind}": v})
+            out[ms + "feed_forward.w1.weight"], out[ms + "feed_forward.w3.weight"] = np.split(gate_up, 2)
     return out
 
 

@@ -18,7 +18,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("console", [{"", "progress", "quiet", "streams"},      # what a person sees: progress, library logs, std streams
                  {"exits"}]),                            # how every command ends: exit status, one stderr line
     ("formats", [{"", "files", "payload", "yaml", "protowire"},  # tiny strict format layers
-                 {"tensor"},
+                 {"tensor", "foreign"},                  # tensor references; formats we recognise but do not read
                  {"safetensors", "ckpt", "torch_bin", "strategy"}]),
     ("table", [{"", "ops", "value_types", "exprs"},       # the table: named ops, value types, expressions
                {"typed"},                                # YAML data -> frozen dataclasses, by type hints

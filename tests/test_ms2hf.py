@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, run_cli
+from conftest import ALL_MODEL_DIRS, FIXTURES, raw, run_cli
 from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf
 from llama_convert.table.config_rules import rope_settings
-from llama_convert.formats import ckpt, safetensors as st
 
 COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True)))
 IDS = [f"{s.name}-{f}{'-qkv' if q else ''}" for s, f, q in COMBOS]
-
-
-def raw(directory: Path) -> dict[str, tuple[str, tuple, bytes]]:
-    """name -> (dtype, shape, bytes) of every tensor, read by our header readers (checked elsewhere)."""
-    out = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        out.update({n: (r.dtype, r.shape, r.read().tobytes()) for n, r in st.read_header(f)[0].items()})
-    for f in sorted(directory.glob("*.ckpt")):
-        out.update({r.name: (r.dtype, r.shape, r.read().tobytes()) for r in ckpt.scan(f)[0]})
-    if not out:
-        state = torch.load(directory / "pytorch_model.bin", weights_only=True)
-        out = {n: (str(t.dtype).removeprefix("torch."), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
-               for n, t in state.items()}
-    return out
 
 
 def model_keys(cfg: dict) -> dict:
@@ -190,3 +175,36 @@ def test_diff_reports_missing_names_and_shapes(tmp_path):
     assert proc.returncode == 1 and r["only_in_b"] == ["lm_head.weight"]
     k = next(t for t in r["tensors"] if t["name"] == "model.layers.0.self_attn.k_proj.weight")
     assert k["shape_a"] == [32, 64] and k["shape_b"] == [64, 64]
+
+
+# ------------------------------------------------------------------ the way back undoes --device CPU's widening
+
+@pytest.mark.parametrize("src", [FIXTURES / "gqa-tied-bf16-sharded", FIXTURES / "mqa-bias-fp16-bin"], ids=lambda p: p.name)
+def test_the_way_back_narrows_a_cpu_conversion_to_the_source_dtype_exactly(tmp_path, src):
+    convert_hf2ms(src, tmp_path / "ms", HF2MSOptions(device="CPU"))
+    orig = raw(src)
+    (half,) = {dtype for dtype, _, _ in orig.values()}
+    assert json.loads((tmp_path / "ms/conversion.json").read_text())["widened"]["from"] == half
+    proc = run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf")
+    assert proc.returncode == 0 and f"narrowed back to {half}" in proc.stdout + proc.stderr
+    back = raw(tmp_path / "hf")
+    if json.loads((src / "config.json").read_text()).get("tie_word_embeddings"):
+        orig.pop("lm_head.weight", None)  # a tied .bin repeats the embedding; HF does not need it
+    assert back == orig  # the dtype and every byte
+    assert json.loads((tmp_path / "hf/config.json").read_text())["torch_dtype"] == half
+
+
+def test_dtype_still_overrides_the_recorded_source_dtype(tmp_path):
+    convert_hf2ms(FIXTURES / "gqa-tied-bf16-sharded", tmp_path / "ms", HF2MSOptions(device="CPU"))
+    assert run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf", "--dtype", "float32").returncode == 0
+    assert {dtype for dtype, _, _ in raw(tmp_path / "hf").values()} == {"float32"}
+
+
+def test_weights_saved_over_since_the_conversion_keep_their_own_dtype(ms, tmp_path):
+    convert_hf2ms(FIXTURES / "gqa-tied-bf16-sharded", tmp_path / "ms", HF2MSOptions(device="CPU"))
+    ckpt_path = tmp_path / "ms/model.ckpt"
+    params = ms.load_checkpoint(str(ckpt_path))
+    ckpt_path.unlink()  # a training run saves its own file: conversion.json no longer describes it
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(ckpt_path))
+    assert run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf").returncode == 0
+    assert {dtype for dtype, _, _ in raw(tmp_path / "hf").values()} == {"float32"}

@@ -58,9 +58,9 @@ def test_without_a_known_architecture_model_type_chooses(tmp_path):
 
 
 def test_an_architecture_no_table_converts_is_one_line_naming_it_and_the_tables(tmp_path):
-    src = hf_copy(LLAMA, tmp_path, architectures=["InternLM2ForCausalLM"], model_type="internlm2",
+    src = hf_copy(LLAMA, tmp_path, architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox",
                   use_sliding_window=False)
-    refused(run_cli("hf2ms", src, tmp_path / "out"), "config.json: architectures", "InternLM2ForCausalLM",
+    refused(run_cli("hf2ms", src, tmp_path / "out"), "config.json: architectures", "GPTNeoXForCausalLM",
             "not converted by any mapping table", "qwen2: Qwen2ForCausalLM", "--table",
             absent=("unknown config key", "use_sliding_window"))
 
@@ -143,12 +143,16 @@ def test_a_table_that_extends_another_states_only_its_differences(tmp_path):
     (BASE + "verify: {ms_modules: {final_norm: 'model.norm_out()'}}\n",
      "verify.ms_modules.final_norm: 'model.norm_out()' is not an attribute path"),
     (BASE + "verify: null\n", "verify: missing (expected a mapping of structural, forward, hf_modules, ms_modules"),
+    (BASE + "ms_tensors:\n  - {name: lm_head.weight, from: [embed, norm], op: qkv_grouped, part: 0}\n",
+     "ms_tensors[0] (lm_head.weight): part 0 of qkv_grouped needs one source"),
+    (BASE + "ms_tensors:\n  - {name: lm_head.weight, from: [embed, norm]}\n",
+     "ms_tensors[0] (lm_head.weight): copy packs 1 tensor, from names 2"),
 ], ids=["cycle", "missing-base", "missing-base-file", "unknown-section", "flag-reads-untyped-key", "flag-calls-code",
         "dims-undefined", "check-syntax", "check-untyped", "no-hf-class", "misspelled-header-word",
         "header-wrong-type", "model-class-not-claimed", "section-twice", "section-wrong-type", "verb-of-another-section", "fail-without-check",
         "template-names-untyped-key", "template-unbalanced", "values-are-scalars", "a-device-missing",
         "unknown-op", "unknown-dtype", "layer-pattern-mismatch", "placeholder-typo", "verify-key-untyped",
-        "module-path-syntax", "no-verify-section"])
+        "module-path-syntax", "no-verify-section", "part-of-two-sources", "op-arity"])
 def test_a_table_error_names_the_file_and_the_entry(tmp_path, text, said):
     path = write_table(tmp_path, "child", text)
     with pytest.raises(ConvertError) as e:
@@ -355,13 +359,11 @@ def test_options_refuse_values_the_cli_would_refuse():
 
 # What each published config must do: convert with this table, or be refused naming this key.
 FAMILY_VERDICTS = {
-    "Baichuan2__cpu-debug-shrunk-hidden8": "architectures",
     "DeepSeek-R1-Distill-Qwen-14B__mlx-3bit-indent4": "quantization",
     "Dolphin3.0-R1-Mistral-24B__head_dim128-ne-hidden-over-heads": "head_dim",
     "Qwen2.5-Coder-32B-Instruct__hf-pr-yarn-use_sliding_window-true": "use_sliding_window",
-    "internlm2-chat-1_8b__finetune": "architectures",
-    "internlm2-chat-7b": "architectures",
-    "internlm2-chat-7b__hf-history-initial-model_type-internlm": "architectures",
+    # the first upload said model_type "internlm" (InternLM 1's) beside InternLM2ForCausalLM
+    "internlm2-chat-7b__hf-history-initial-model_type-internlm": "model_type",
 }
 
 
@@ -383,3 +385,62 @@ def test_published_family_configs_convert_or_are_refused_naming_the_key(path):
         assert "\n" not in line and line.startswith(f"{path}: ")
         got = line[len(f"{path}: "):].split(":")[0]
     assert got == expected
+
+
+# ------------------------------------------------------------------ internlm2: its config rules
+
+def internlm2_history(**change) -> tuple[dict, Path]:
+    path = REAL_CONFIGS / "family/internlm2-chat-7b__hf-history-initial-model_type-internlm.json"
+    if not path.exists():
+        pytest.skip("../shared/real-configs/family is not beside the checkout")
+    return {**json.loads(path.read_text()), "model_type": "internlm2", **change}, path
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_internlm2_dynamic_rope_within_its_original_length_is_plain_rope(factor):
+    cfg, path = internlm2_history(rope_scaling={"type": "dynamic", "factor": factor})
+    t = translate(load_table("internlm2"), cfg, None, HF2MSOptions(), "bfloat16", path)
+    assert (t.model_config["extend_method"], t.model_config["theta"], t.model_config["seq_length"]) == ("None", 1e6, 4096)
+    assert any("plain RoPE up to max_position_embeddings=32768" in n for n in t.notes)
+
+
+def test_internlm2_dynamic_rope_beyond_its_original_length_is_refused_by_name():
+    cfg, path = internlm2_history(rope_scaling={"type": "dynamic", "factor": 1.0})
+    with pytest.raises(ConvertError) as e:
+        translate(load_table("internlm2"), cfg, None, HF2MSOptions(seq_length=65536), "bfloat16", path)
+    assert e.value.one_line().startswith(f"{path}: rope_scaling: dynamic NTK scaling changes RoPE beyond")
+    assert "--seq-length 32768" in e.value.one_line()
+
+
+def test_internlm2_bias_puts_biases_on_wqkv_and_wo_and_its_pad_id_is_explained():
+    cfg, path = internlm2_history(bias=True, rope_scaling=None)
+    t = translate(load_table("internlm2"), cfg, None, HF2MSOptions(), "bfloat16", path)
+    assert t.model_config["qkv_has_bias"] is True and t.model_config["attn_proj_has_bias"] is True
+    assert any(n.startswith("pad_token_id 2: MindFormers masks attention") for n in t.notes)
+
+
+# ------------------------------------------------------------------ phi3: what it cannot convert, by name
+
+PHI3 = FIXTURES / "phi3-tied-fp32"
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"partial_rotary_factor": 0.75}, "partial_rotary_factor: 0.75 is not supported, only 1.0"),
+    ({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}},
+     "rope_scaling: rope scaling type 'longrope' has no MindFormers equivalent"),
+    ({"rope_scaling": {"type": "su", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}},
+     "rope_scaling: rope scaling type 'su' has no MindFormers equivalent"),
+    ({"sliding_window": 2047, "max_position_embeddings": 4096},   # Phi-3-mini-4k-instruct's own
+     "sliding_window: a window of 2047 tokens is shorter than seq_length 4096"),
+], ids=["partial-rotary", "longrope", "su", "window-shorter-than-seq_length"])
+def test_phi3_what_llama_cannot_compute_is_refused_by_name(change, said):
+    cfg = {**json.loads((PHI3 / "config.json").read_text()), **change}
+    with pytest.raises(ConvertError) as e:
+        translate(load_table("phi3"), cfg, None, HF2MSOptions(), "float32", PHI3 / "config.json")
+    assert e.value.one_line().startswith(f"{PHI3 / 'config.json'}: {said}")
+
+
+def test_phi3_a_window_is_fine_once_seq_length_fits_in_it():
+    cfg = {**json.loads((PHI3 / "config.json").read_text()), "sliding_window": 2047, "max_position_embeddings": 4096}
+    mc = translate(load_table("phi3"), cfg, None, HF2MSOptions(seq_length=2047), "float32", PHI3 / "config.json").model_config
+    assert mc["seq_length"] == 2047

@@ -9,6 +9,7 @@ from ..core.dtypes import BY_TORCH
 from ..core.errors import ConvertError
 from ..core.extras import require
 from .files import check_not_lfs_pointer, open_input
+from .foreign import is_llama2c, llama2c
 from .tensor import TensorRef
 
 
@@ -20,6 +21,8 @@ def read_bin(path: Path) -> dict[str, TensorRef]:
     path = Path(path)
     with open_input(path, "PyTorch checkpoint") as f:  # refuses FIFOs and devices before torch opens it
         check_not_lfs_pointer(path, f)
+    if is_llama2c(path):  # not a pickle at all: torch would call it one with a forbidden instruction
+        raise llama2c(path)
     torch = _torch()
     state = _load(torch, path)
     if not isinstance(state, dict):

@@ -47,6 +47,9 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "tensors": [pt.as_dict() for pt in plan.tensors],
         "skipped": plan.skipped,
         "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
+        **({"widened": {"from": plan.widened_from, "to": plan.model_config["param_init_type"],
+                        "reason": "--device CPU: MindSpore's CPU kernels have no half precision"}}
+           if plan.widened_from else {}),
     }
 
 
@@ -109,7 +112,9 @@ def result_text(plan: Plan, result: Result) -> str:
     if casts:
         kinds = sorted({t.cast for t in casts})
         lossless = all(t.dtype == "float32" for t in casts)  # every float we read widens to float32 exactly
-        how = "lossless widening" if lossless else "rounded to nearest-even"
+        undone = plan.direction == "ms2hf" and all(t.dtype == plan.source.widened_from for t in casts)
+        how = ("lossless widening" if lossless else
+               "exact: narrowing back what hf2ms widened" if undone else "rounded to nearest-even")
         lines.append(f"  cast {len(casts)} tensors ({', '.join(kinds)}; {how}), recorded in conversion.json")
     lines += [f"  skipped {s['name']}: {s['reason']}" for s in plan.skipped]
     lines += [f"  note: {n}" for n in plan.translation.notes]

@@ -65,6 +65,7 @@ class Plan:
     # ms2hf: config.json and generation_config.json as data; output/run_yaml.py writes them (or the YAML)
     hf_config: dict | None = None
     generation_config: dict | None = None
+    widened_from: str | None = None   # hf2ms --device CPU: the half-precision dtype the weights were widened from
 
     @property
     def model_config(self) -> dict:
@@ -107,8 +108,11 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     seen = account(table, "hf", edges.expected("hf"), source.tensors, [], _where(source), "config.json")
     dtype_of = {"param": mc["param_init_type"], "norm": mc["layernorm_compute_type"]}
     tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
-                             tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
+                             tuple(source.tensors[s].dtype for s in e.hf), e.op, part=e.part) for e in edges.edges]
+    translation.notes += lossy_notes(edges.edges, "ms")
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
+    if options.device == "CPU" and weights_dtype(source.tensors.values()) != mc["param_init_type"]:
+        plan.widened_from = weights_dtype(source.tensors.values())
     assign_shards(plan)
     return plan
 
@@ -122,24 +126,63 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     mc = dict(source.config)
     check_model_config(table, mc, source.config_file)
     refuse_layer_count(source, [r.name for r in table.ms_tensors], mc["num_layers"], "model_config.num_layers")
-    hf_dtype = options.dtype if options.dtype != "keep" else str(mc.get("param_init_type", "float32"))
-    hf_config, gen = translate_back(table, mc, source.config_file, None if options.dtype == "keep" else hf_dtype)
+    notes = []
+    if options.dtype != "keep":
+        hf_dtype = options.dtype
+    elif source.widened_from:
+        # --device CPU widened a half-precision source to float32; narrowing those values back is exact
+        hf_dtype = source.widened_from
+        notes.append(f"narrowed back to {hf_dtype}, the source dtype that conversion.json records these weights "
+                     f"were widened from (--device CPU); exact for the weights as converted; --dtype overrides")
+    else:
+        hf_dtype = str(mc.get("param_init_type", "float32"))
+    hf_config, gen = translate_back(table, mc, source.config_file, None if hf_dtype == mc.get("param_init_type") else hf_dtype)
     edges = expand(table, mc, hf_config)
     seen = account(table, "ms", edges.expected("ms"), source.tensors, source.non_tensors, _where(source),
                    source.config_file.name)
     tensors, written = [], set()
+    packed = _packed_parts(edges.edges)
     for e in edges.edges:
+        if e.part is not None:  # one part of a packed HF tensor: the tensor is packed from all its parts at once
+            name = e.hf[0]
+            if name not in written:
+                written.add(name)
+                parts = packed[name]
+                tensors.append(PlannedTensor(name, e.hf_shapes[0], hf_dtype, parts,
+                                             tuple(source.tensors[p].dtype for p in parts), e.op))
+            continue
         src_dtype = (source.tensors[e.ms].dtype,)
         for part, (name, shape) in enumerate(zip(e.hf, e.hf_shapes)):
             if name not in written:  # one HF tensor may feed two MindFormers ones (--untie): write it once
                 written.add(name)
                 tensors.append(PlannedTensor(name, shape, hf_dtype, (e.ms,), src_dtype, e.op,
                                              part=None if e.op == "copy" else part))
-    plan = Plan(source, table, options, Translation(mc), tensors, seen.skipped, [], direction="ms2hf",
+    notes += lossy_notes(edges.edges, "hf")
+    plan = Plan(source, table, options, Translation(mc, notes=notes), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
     return plan
+
+
+def lossy_notes(edges, side: str) -> list[str]:
+    """One note per op that changes values (ops.Op.lossy), naming the tensors of `side` it writes."""
+    written: dict[str, list[str]] = {}
+    for e in edges:
+        if ops.get(e.op).lossy:
+            written.setdefault(e.op, []).extend([e.ms] if side == "ms" else list(e.hf))
+    return [f"{', '.join(names[:2])}{' ...' if len(names) > 2 else ''}: {ops.get(op).doc}; {ops.get(op).lossy}"
+            for op, names in written.items()]
+
+
+def _packed_parts(edges) -> dict[str, tuple[str, ...]]:
+    """HF tensor -> the MindFormers tensors it is packed from, in the op's order (tables that take a
+    packed HF tensor apart, part by part)."""
+    parts: dict[str, dict[int, str]] = {}
+    for e in edges:
+        if e.part is not None:
+            parts.setdefault(e.hf[0], {})[e.part] = e.ms
+    return {name: tuple(by_part[k] for k in sorted(by_part)) for name, by_part in parts.items()}
 
 
 # MindSpore's CPU build has no ArgMax/TopK kernels for generation (ArgMaxExt, TopkExt "unregistered"):

@@ -27,6 +27,9 @@ class Checkpoint:
     config_path: Path | None = None     # default: root/config.json
     non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
     recorded_table: str | None = None   # MindSpore side: the mapping table the YAML says it was written with
+    # MindSpore side: the HF dtype conversion.json records these very weight files were widened from
+    # (--device CPU of a half-precision source), so that the way back can narrow them exactly
+    widened_from: str | None = None
 
     @property
     def sharded(self) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..core.errors import ConvertError
 from ..formats import ckpt, safetensors as st
 from ..formats.files import check_regular
+from ..formats.foreign import recognise_file
 from ..formats.tensor import TensorRef
 from ..formats.torch_bin import read_bin
 from ..table.loader import yaml_names
@@ -36,7 +37,7 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
             return side, list(st.read_header(path)[0].values())
         if path.suffix == ".bin":
             return side, list(read_bin(path).values())
-        raise ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
+        raise recognise_file(path) or ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
     if side == "hf":
         return side, list(open_hf_dir(path).tensors.values())
     return side, list(read_ms_headers(ms_checkpoint_files(path))[0].values())

@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from ..core.errors import ConvertError
 from ..formats import safetensors as st
+from ..formats.foreign import recognise_dir, recognise_file
 from ..formats.files import check_regular, parse_json_object, read_small
 from ..formats.tensor import TensorRef
 from ..formats.torch_bin import read_bin
@@ -22,7 +23,14 @@ def open_hf_dir(root: Path) -> Checkpoint:
     root = Path(root)
     if not root.is_dir():
         resolved(root)  # a symlink loop is named as one, not as a missing directory
+        foreign = recognise_file(root) if root.is_file() else None
+        if foreign is not None:
+            raise foreign
         raise ConvertError(root, "source directory not found" if not root.exists() else "is not a directory")
+    if not (root / "config.json").exists():
+        foreign = recognise_dir(root)  # a GGUF, Meta original or llama2.c checkpoint: say what it is
+        if foreign is not None:
+            raise foreign
     config = load_json(root / "config.json", "config.json")
     gen_path = root / "generation_config.json"
     generation = load_json(gen_path, "generation_config.json") if gen_path.exists() else None
@@ -38,6 +46,9 @@ def open_hf_dir(root: Path) -> Checkpoint:
             path = root / single
             tensors = reader(path)
             return Checkpoint(root, config, generation, tensors, [path], None, dict.fromkeys(tensors, 0), tokenizer)
+    foreign = recognise_dir(root)
+    if foreign is not None:
+        raise foreign
     raise ConvertError(root, "no weights found (looked for model.safetensors, model.safetensors.index.json, "
                        "pytorch_model.bin, pytorch_model.bin.index.json)")
 

@@ -4,6 +4,7 @@ checks of its values, are the planner's job: the YAML may record the table it wa
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -103,4 +104,25 @@ def open_ms_dir(path: Path, config: Path | None = None) -> Checkpoint:
     index = root / "model.safetensors.index.json"
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     return Checkpoint(root, mc, None, tensors, files, index if index.exists() and len(files) > 1 else None,
-                      shard_of, tokenizer, config_path=cfg_path, non_tensors=others, recorded_table=table)
+                      shard_of, tokenizer, config_path=cfg_path, non_tensors=others, recorded_table=table,
+                      widened_from=recorded_widening(root, files))
+
+
+def recorded_widening(root: Path, files: list[Path]) -> str | None:
+    """The half-precision dtype root/conversion.json says these weight files were widened from, when it
+    lists them at their present sizes and they are not newer than it (weights saved over since, by a
+    training run say, are not what it describes), else None."""
+    record_path = root / "conversion.json"
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(read_small(record_path, "conversion record"))
+        widened = record["widened"]["from"]
+        sizes = {o["name"]: o["size"] for o in record["outputs"]}
+    except (ConvertError, ValueError, KeyError, TypeError):
+        return None  # no record of a widening (or not ours): the weights' own dtype stands
+    written = record_path.stat().st_mtime_ns  # the record is written after the weights it describes
+    if widened not in ("bfloat16", "float16") or any(
+            sizes.get(f.name) != f.stat().st_size or f.stat().st_mtime_ns > written for f in files):
+        return None
+    return widened

@@ -205,6 +205,47 @@ def _rope_back(mc: dict, hf: dict, table: Table) -> None:
 
 
 @rule
+def internlm2_rope(inp: RuleInput, out: dict, notes: list) -> None:
+    """InternLM2's `dynamic` scaling (modeling_internlm2.py, InternLM2DynamicNTKScalingRotaryEmbedding)
+    raises the base only when a sequence is longer than max_position_embeddings, whatever the factor
+    (factor 1 still raises it: base * (seq_len / max) ** (d / (d - 2))). Up to that length it is plain
+    RoPE, which MindFormers' Llama computes; beyond it MindFormers has no equal (its dynamic-NTK class
+    is Qwen's formula), so the conversion is exact only while seq_length stays within it."""
+    scaling = inp.hf.get("rope_scaling")
+    kind = (scaling or {}).get("type") or (scaling or {}).get("rope_type")
+    if kind != "dynamic":
+        rope.forward(inp, out, notes)
+        return
+    original = out["max_position_embedding"]
+    if out["seq_length"] > original:
+        raise _fail(inp, "rope_scaling", f"dynamic NTK scaling changes RoPE beyond max_position_embeddings={original}, "
+                    f"and seq_length is {out['seq_length']}; MindFormers' Llama has no equal of InternLM2's formula",
+                    f"convert with --seq-length {original} or less: up to it the scaling is plain RoPE")
+    out["theta"] = float(inp.hf.get("rope_theta", 10000.0))
+    out["extend_method"], out["scaling_factor"] = "None", 1.0
+    notes.append(f"rope_scaling dynamic (factor {scaling.get('factor')}) is plain RoPE up to "
+                 f"max_position_embeddings={original}, which covers seq_length {out['seq_length']}: converted as plain RoPE")
+
+
+internlm2_rope.back(_rope_back)
+
+
+@rule
+def baichuan2_positions(inp: RuleInput, out: dict, notes: list) -> None:
+    """Baichuan2-7B and -13B share architectures and model_type; the 13B's modeling code adds ALiBi
+    position biases instead of RoPE, and its config (like Baichuan-13B's) has model_max_length but no
+    max_position_embeddings, which the 7B's RotaryEmbedding is built from."""
+    if inp.hf.get("max_position_embeddings") is None:
+        raise _fail(inp, "max_position_embeddings", "absent: this is Baichuan(2)-13B, whose attention adds ALiBi "
+                    "position biases, which MindFormers' Llama does not compute",
+                    "only Baichuan2-7B (RoPE, with max_position_embeddings in its config) converts")
+    positions.forward(inp, out, notes)
+
+
+baichuan2_positions.back(_positions_back)
+
+
+@rule
 def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
     pad = inp.hf.get("pad_token_id")
     if pad is None:
@@ -215,6 +256,8 @@ def pad_token(inp: RuleInput, out: dict, notes: list) -> None:
                      "attention to tokens equal to pad_token_id)")
     else:
         out["pad_token_id"] = pad
+        notes.append(f"pad_token_id {pad}: MindFormers masks attention to every token equal to it, HF does not; "
+                     f"the two agree on inputs where token {pad} appears only as padding")
 
 
 @pad_token.back

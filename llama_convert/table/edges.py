@@ -30,6 +30,7 @@ class Edge:
     op: str
     dtype: str                   # role: "param" (param_init_type) or "norm" (layernorm_compute_type)
     layer: int | None            # None: a whole-model tensor
+    part: int | None = None      # set: ms is this part of op's inverse of the one packed hf tensor
 
 
 @dataclass
@@ -78,14 +79,31 @@ def expand(table: Table, mc: dict, hf: dict) -> Edges:
             continue
         specs = [table.hf_tensors[k] for k in rule.sources]
         hf_shapes = tuple(tuple(dm[d] if isinstance(d, str) else int(d) for d in s.shape) for s in specs)
-        ms_shape = tuple(ops.get(rule.op).out_shape(list(hf_shapes), ctx))
+        op = ops.get(rule.op)
+        if rule.part is None:
+            ms_shape = tuple(op.out_shape(list(hf_shapes), ctx))
+        else:
+            ms_shape = tuple(op.in_shapes(hf_shapes[0], ctx)[rule.part])
         for layer, name in layer_names(rule.name, mc["num_layers"]):
             edge = Edge(name, ms_shape, tuple(layer_name(s.name, layer) for s in specs), hf_shapes, rule.op,
-                        rule.dtype, layer)
+                        rule.dtype, layer, rule.part)
             keyed.append((-1 if layer is None else layer, order, edge))
     edges = Edges([e for *_, e in sorted(keyed, key=lambda k: k[:2])], fl, dm)
     _refuse_unused(table, edges)
+    _refuse_missing_parts(table, edges)
     return edges
+
+
+def _refuse_missing_parts(table: Table, edges: Edges) -> None:
+    """A packed HF tensor taken apart must be taken apart whole, or the way back could not pack it."""
+    parts: dict[tuple[str, str], set[int]] = {}
+    for e in edges.edges:
+        if e.part is not None:
+            parts.setdefault((e.hf[0], e.op), set()).add(e.part)
+    for (name, op), got in parts.items():
+        if got != set(range(ops.get(op).parts)):
+            raise ConvertError(table.path, f"ms_tensors take {name} apart by {op} into parts {sorted(got)}, "
+                               f"not all {ops.get(op).parts}", "give a rule for every part, under the same when:")
 
 
 def _refuse_unused(table: Table, edges: Edges) -> None:

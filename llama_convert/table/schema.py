@@ -182,6 +182,9 @@ class TensorRule(Record):
     op: str = "copy"
     dtype: Literal["param", "norm"] = "param"     # param_init_type, or layernorm_compute_type
     when: tuple[str, ...] = ()
+    # A packed HF tensor taken apart: this MindFormers tensor is part `part` of op's inverse of its one
+    # source (the way back packs the parts with op). Every part must have its rule.
+    part: int | None = None
 
 
 @record
@@ -284,6 +287,13 @@ def check(table: Table) -> None:
             raise fail(f"{where}: from names {unknown}, which are not hf_tensors keys")
         if rule.op not in ops.OPS:
             raise fail(f"{where}: unknown op {rule.op!r}", f"ops: {', '.join(ops.OPS)}")
+        arity = ops.OPS[rule.op].parts
+        if rule.part is not None and (len(rule.sources) != 1 or not 0 <= rule.part < arity or arity < 2):
+            raise fail(f"{where}: part {rule.part} of {rule.op} needs one source and an op of several parts",
+                       f"{rule.op} packs {arity} tensor{'s' if arity > 1 else ''}; part: counts them from 0")
+        if rule.part is None and len(rule.sources) != arity:
+            raise fail(f"{where}: {rule.op} packs {arity} tensor{'s' if arity > 1 else ''}, from names {len(rule.sources)}",
+                       "or, to take one packed source apart, give part: N")
         bad = [w for w in rule.when if w.lstrip("!") not in flags]
         if bad:
             raise fail(f"{where} uses undeclared flags {bad}", f"flags: {', '.join(flags)}")

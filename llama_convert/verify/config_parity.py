@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ..table.loader import Table
-from ..console.quiet import import_mindformers
+from ..console.quiet import import_mindformers, import_transformers
 
 
 def _same(a, b) -> bool:
@@ -41,3 +41,39 @@ def mindformers_defaults(table: Table) -> dict:
     config_class = getattr(mindformers.models, table.mindformers.config_class)
     return {k: p.default for k, p in inspect.signature(config_class.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
+
+
+# Under greedy decoding (no sampling, or sampling from the top 1 token, which is how a --device CPU
+# conversion writes greedy decoding) these keys pick nothing: both sides choose the argmax.
+_SAMPLING_ONLY = ("do_sample", "temperature", "top_k", "top_p")
+
+
+def _greedy(config) -> bool:
+    return not getattr(config, "do_sample", False) or getattr(config, "top_k", None) == 1
+
+
+def generation_differences(table: Table, hf_generation: dict | None, ms_mc: dict) -> list[str]:
+    """Each generation key where MindFormers' GenerationConfig, built by `from_model_config` from MS_DIR's
+    model_config as MindFormers builds it, differs from HF's GenerationConfig of HF_DIR's
+    generation_config.json: `key <MindFormers value> vs <HF value> from generation_config.json`. The keys
+    are those the table carries (generation `to:`), under HF's name, which is also MindFormers' attribute.
+    A max_length the source does not set is not compared: the YAML then writes seq_length, not HF's 20."""
+    from ..table.value_types import show
+    mindformers = import_mindformers()
+    transformers = import_transformers()
+    given = dict(hf_generation or {})
+    hf = transformers.GenerationConfig.from_dict(given)
+    config_class = getattr(mindformers.models, table.mindformers.config_class)
+    ms = mindformers.generation.GenerationConfig.from_model_config(
+        config_class(**{k: v for k, v in ms_mc.items() if k != "type"}))
+    both_greedy = _greedy(hf) and _greedy(ms)
+    out = []
+    for key, spec in table.generation.items():
+        if spec.to is None or (key == "max_length" and given.get(key) is None):
+            continue
+        if both_greedy and key in _SAMPLING_ONLY:
+            continue
+        a, b = getattr(hf, key, None), getattr(ms, key, None)
+        if not _same(a, b) and not (a in (None, False) and b in (None, False) and isinstance(a, (bool, type(None))) and isinstance(b, (bool, type(None)))):  # output_logits: HF None is off
+            out.append(f"{key} {show(b)} vs {show(a)} from generation_config.json")
+    return out

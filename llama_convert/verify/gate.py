@@ -10,8 +10,8 @@ import numpy as np
 from ..core.errors import ConvertError
 from ..core.machine import available_memory, peak_rss
 from ..sources.ms import ms_checkpoint_files
-from .config_parity import config_differences, mindformers_defaults
-from .hf_side import HFSide
+from .config_parity import config_differences, generation_differences, mindformers_defaults
+from .hf_side import HFSide, hf_model_class
 from .memory import whole_model_estimate
 from .metrics import fixed_failures, logits_metrics, nonfinite_failure, place_row
 from .ms_side import MSSide
@@ -76,6 +76,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
     ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
     hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
+    hf_model_class(hf_dir, hf_plan.table)  # before anything is loaded: remote-code families have no HF side
     cfg = ms_plan.model_config
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
@@ -101,6 +102,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(ms_plan.source.config_file, f"no tolerances for {dtype} on {opts.device}")
     tol = tolerances(opts.device, dtype)
     differences = config_differences(ms_plan.table, hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
+    differences += [f"generation.{d}" for d in generation_differences(ms_plan.table, hf_plan.source.generation_config, cfg)]
 
     total = 2 * (int(cfg["num_layers"]) + 3)
     hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
@@ -118,7 +120,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         first = first or ("lm_head" if failures else None)
     if not nonfinite:  # finite logits give finite metrics; say so if they ever do not
         failures += [f"logits metric {k} is {v}" for k, v in m.items() if not np.isfinite(v)]
-    failures += [f"model_config.{d}" for d in differences]
+    failures += [d if d.startswith("generation.") else f"model_config.{d}" for d in differences]
     logits_row = rows[-1]
     report = VerifyReport(passed=not failures, device=opts.device, dtype=dtype, tolerances=tol, batch=opts.batch,
                           seq_len=seq_len, seed=opts.seed, **m, first_divergent_layer=first if failures else None,

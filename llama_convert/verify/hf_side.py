@@ -14,6 +14,18 @@ from .reference import Reference
 from .stages import StageBuffers, Stages, capture_places
 
 
+def hf_model_class(hf_dir: Path, table: Table):
+    """transformers' class for the table's models, or a ConvertError when transformers has none."""
+    transformers = import_transformers()
+    model_class = getattr(transformers, table.hf.model_class, None)
+    if model_class is None:  # InternLM2, Baichuan2: remote code, which verify does not run
+        raise ConvertError(hf_dir, f"transformers {transformers.__version__} has no {table.hf.model_class} (its "
+                           f"modeling code is remote code the model ships, which verify does not run), so verify has no HF side",
+                           f"table {table.name}'s conversion is proven by the tests against reference logits "
+                           f"(README: Architectures)")
+    return model_class
+
+
 class HFSide:
     def __init__(self, hf_dir: Path, table: Table, tensors: dict | None = None, on_stage=None, total: int = 0,
                  reference_length: int | None = None):
@@ -22,7 +34,7 @@ class HFSide:
         import torch
         transformers = import_transformers()
         self.torch = torch
-        model_class = getattr(transformers, table.hf.model_class)
+        model_class = hf_model_class(hf_dir, table)
         try:
             if tensors is None:
                 self.model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
