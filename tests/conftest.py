@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -53,6 +54,28 @@ REMOTE_CODE = {"InternLM2ForCausalLM", "BaichuanForCausalLM"}
 ALL_MODEL_DIRS = FIXTURE_DIRS + REAL_MODEL_DIRS + [
     p for p in REAL_FAMILY_DIRS
     if _converts_as_it_is(p) and not REMOTE_CODE & set(json.loads((p / "config.json").read_text()).get("architectures", []))]
+
+
+def _is_llama(src: Path) -> bool:
+    return "LlamaForCausalLM" in json.loads((src / "config.json").read_text()).get("architectures", ["LlamaForCausalLM"])
+
+
+def layout_combos(dirs: list[Path], untie: bool = True) -> list[tuple]:
+    """(source, format, qkv_concat[, untie]) for the end-to-end matrices. A Llama source goes through
+    every layout. Another family's source goes through two that cross each of its choices once: a
+    .ckpt with q/k/v split (and tied as it came) and safetensors fused (and untied). The format and
+    untying are written by the same code for every family and crossed in full on the Llama sources;
+    what a family changes, its ops, is crossed both ways. The whole product made the suite ~6 min
+    longer per new family for no new behaviour."""
+    combos: list[tuple] = []
+    for src in dirs:
+        if _is_llama(src):
+            combos += [(src, *c) for c in itertools.product(("ckpt", "safetensors"), (False, True),
+                                                            *([(False, True)] if untie else []))]
+        else:
+            combos += [(src, "ckpt", False, *([False] if untie else [])),
+                       (src, "safetensors", True, *([True] if untie else []))]
+    return combos
 
 
 def model_id(p: Path) -> str:

@@ -3,7 +3,6 @@ compares HF's GenerationConfig with MindFormers' `from_model_config` of the conv
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,15 +1,14 @@
 """hf2ms output loads strictly into a real MindFormers LlamaForCausalLM and holds the right values."""
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
 
-from conftest import ALL_MODEL_DIRS, run_cli
+from conftest import ALL_MODEL_DIRS, layout_combos, run_cli
 from oracle import as_float32, build_net, expected_ms, load_ms_checkpoint, model_config
 
-COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
+COMBOS = layout_combos(ALL_MODEL_DIRS)
 
 
 @pytest.mark.parametrize("src,fmt,qkv,untie", COMBOS,

@@ -1,19 +1,17 @@
 """ms2hf: the way back through the same table; lossless round trips; inspect and diff."""
 from __future__ import annotations
 
-import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, raw, run_cli
+from conftest import ALL_MODEL_DIRS, layout_combos, FIXTURES, raw, run_cli
 from llama_convert import HF2MSOptions, convert_hf2ms, convert_ms2hf
 from llama_convert.table.config_rules import rope_settings
 
-COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True)))
+COMBOS = layout_combos(ALL_MODEL_DIRS, untie=False)
 IDS = [f"{s.name}-{f}{'-qkv' if q else ''}" for s, f, q in COMBOS]
 
 

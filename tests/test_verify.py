@@ -1,7 +1,6 @@
 """verify: parity against the real MindFormers model, and a gate that fails where it should."""
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -9,11 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ALL_MODEL_DIRS, FIXTURES, REAL_MODELS, run_cli
+from conftest import ALL_MODEL_DIRS, layout_combos, FIXTURES, REAL_MODELS, run_cli
 from llama_convert import HF2MSOptions, convert_hf2ms
 from llama_convert.verify import NOISE_FACTOR, VerifyOptions, verify
 
-COMBOS = list(itertools.product(ALL_MODEL_DIRS, ("ckpt", "safetensors"), (False, True), (False, True)))
+COMBOS = layout_combos(ALL_MODEL_DIRS)
 
 
 @pytest.mark.parametrize("src,fmt,qkv,untie", COMBOS,
