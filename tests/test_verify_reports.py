@@ -45,6 +45,9 @@ def failing(converted, tmp_path_factory):
     tensors = load_file(path)
     tensors[name] = (tensors[name] * np.float32(1.01)).astype(np.float32)
     save_file(tensors, path, metadata=metadata)
+    yaml_path = next(bad.glob("*.yaml"))   # and a generation setting changed: generation parity fails too
+    yaml_path.write_text(yaml_path.read_text().replace("repetition_penalty: 1.0", "repetition_penalty: 1.3"))
+    assert "repetition_penalty: 1.3" in yaml_path.read_text()
     proc = run_cli("verify", SRC, bad, "--junit", bad.parent / "verify.xml", "--plot", bad.parent / "v.svg")
     assert proc.returncode == 1, proc.stderr
     return bad.parent
@@ -67,7 +70,7 @@ def test_the_junit_file_validates_against_the_junit_schema(passing, failing):
 def test_a_passing_verify_is_a_junit_suite_of_passing_checks_one_per_place(passing):
     from junitparser import JUnitXml
     got = cases(passing / "ci" / "verify.xml")
-    assert list(got) == ["config parity", "logits", *[f"stage {p}" for p in PLACES]]
+    assert list(got) == ["config parity", "generation parity", "logits", *[f"stage {p}" for p in PLACES]]
     assert all(case.is_passed for case in got.values())
     assert "ratio=" in got["stage layer.0"].system_out and "mean_abs_diff=" in got["logits"].system_out
     suite = next(iter(JUnitXml.fromfile(str(passing / "ci" / "verify.xml"))))
@@ -81,6 +84,12 @@ def test_a_failing_verify_names_the_failing_place_and_its_numbers_as_the_message
     assert result.message.startswith("layer.1 (first divergence): distance from the float64 reference")
     assert "> limit" in result.message and "x the float32 noise" in result.message
     assert not got["logits"].is_passed   # the fault carries on to the logits
+
+
+def test_a_changed_generation_setting_is_a_failing_generation_parity_case(failing):
+    got = cases(failing / "verify.xml")
+    (result,) = got["generation parity"].result
+    assert result.message == "generation.repetition_penalty 1.3 vs 1.0 from generation_config.json"
 
 
 def test_the_png_plot_is_an_image_that_names_every_place(passing):

@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 
 from .report import VerifyReport
 
-# Where a family's verify also compares generation settings, its report carries them under one of these.
-_GENERATION_FIELDS = ("generation_differences", "generation_config_differences")
+# verify reports generation-setting differences among the config differences, named `generation.KEY`.
+_GENERATION = "generation."
 
 
 def _num(x) -> str:
@@ -60,15 +60,14 @@ def junit_xml(r: VerifyReport, hf_dir: str, ms_dir: str) -> str:
         ET.SubElement(props, "property", name=key, value=_num(getattr(r, key)))
     ET.SubElement(props, "property", name="rule", value=" ".join(f"{k}={v}" for k, v in r.tolerances.items()))
 
-    diffs = r.config_differences
+    diffs = [d for d in r.config_differences if not d.startswith(_GENERATION)]
+    gen = [d for d in r.config_differences if d.startswith(_GENERATION)]
     _case(suite, "config parity", "; ".join(diffs) if diffs else None,
           "\n".join(diffs) or "every forward-pass key of the model_config equals the HF config translated",
           "ConfigDifference")
-    for field in _GENERATION_FIELDS:
-        if hasattr(r, field):
-            gen = getattr(r, field) or []
-            _case(suite, "generation parity", "; ".join(gen) if gen else None,
-                  "\n".join(gen) or "every generation key both read is equal", "GenerationDifference")
+    _case(suite, "generation parity", "; ".join(gen) if gen else None,
+          "\n".join(gen) or "every generation setting both read is equal (HF GenerationConfig, MindFormers' "
+          "GenerationConfig.from_model_config)", "GenerationDifference")
     if r.generated_match is not None:
         _case(suite, "greedy generation", None if r.generated_match else
               f"greedy tokens differ from step {r.first_differing_step}",
