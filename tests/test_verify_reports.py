@@ -2,6 +2,7 @@
 parser, junitparser) and `verify --plot FILE` (PNG or SVG: each place's differences against its limit)."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def failing(converted, tmp_path_factory):
     tensors[name] = (tensors[name] * np.float32(1.01)).astype(np.float32)
     save_file(tensors, path, metadata=metadata)
     yaml_path = next(bad.glob("*.yaml"))   # and a generation setting changed: generation parity fails too
-    yaml_path.write_text(yaml_path.read_text().replace("repetition_penalty: 1.0", "repetition_penalty: 1.3"))
-    assert "repetition_penalty: 1.3" in yaml_path.read_text()
+    text, n = re.subn(r"(?m)^(\s*)repetition_penalty: 1.0$", r"\1repetition_penalty: 1.3", yaml_path.read_text())
+    assert n == 1
+    yaml_path.write_text(text)
     proc = run_cli("verify", SRC, bad, "--junit", bad.parent / "verify.xml", "--plot", bad.parent / "v.svg")
     assert proc.returncode == 1, proc.stderr
     return bad.parent
