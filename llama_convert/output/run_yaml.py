@@ -129,4 +129,8 @@ def yaml_text(plan: Plan, out_dir: Path | None = None) -> str:
         text = text.replace("\npostprocess_use_numpy:", "\n# MindSpore's CPU build has no ArgMax/TopK kernels for "
                             "generation: post-process in numpy.\n# Greedy decoding is therefore written as "
                             "do_sample: true, top_k: 1 (the same tokens).\npostprocess_use_numpy:", 1)
+    if "\n    use_past: true\n" in text:
+        text = text.replace("\n    use_past: true\n", "\n    # Incremental inference (KV cache in paged attention), as MindFormers' Ascend predict configs; "
+                            "num_blocks =\n    # batch_size x ceil(seq_length / block_size): every sequence of a full batch "
+                            "at full length.\n    use_past: true\n", 1)
     return head + text
