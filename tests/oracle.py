@@ -89,6 +89,15 @@ def as_float32(param) -> np.ndarray:
     return param.astype(mindspore.float32).asnumpy()
 
 
+def kv_cache_parameters(cfg: dict) -> list[str]:
+    """The parameters of MindFormers' Llama that are not weights: with use_past (the Ascend YAML), each
+    layer's paged-attention KV cache, which MindFormers fills as it generates and no checkpoint holds."""
+    if not cfg.get("use_past"):
+        return []
+    return sorted(f"model.layers.{i}.attention.infer_attention.paged_attention_mgr.{kind}_cache"
+                  for i in range(cfg["num_layers"]) for kind in ("key", "value"))
+
+
 def build_net(cfg: dict):
     from mindformers.models import LlamaConfig, LlamaForCausalLM
     return LlamaForCausalLM(LlamaConfig(**cfg))

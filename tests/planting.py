@@ -26,9 +26,9 @@ STAGE_TENSORS = {
 
 
 def file_holding(directory: Path, name: str) -> Path:
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        return directory / json.loads(index.read_text())["weight_map"][name]
+    for index in (directory / "model.safetensors.index.json", directory / "param_name_map.json"):
+        if index.exists():
+            return directory / json.loads(index.read_text())["weight_map"][name]
     return directory / "model.safetensors"
 
 

@@ -110,7 +110,7 @@ def test_one_changed_option_reruns_that_row_only(all_models):
     assert proc.returncode == 0, proc.stderr
     statuses = [r["status"] for r in report_of(m)["rows"]]
     assert statuses[1] == "converted" and statuses.count("skipped") == len(rows) - 1
-    assert (Path(m.parent / rows[1]["out"]) / "model.safetensors").exists()
+    assert (Path(m.parent / rows[1]["out"]) / "param_name_map.json").exists()
 
 
 def test_a_done_row_asked_to_verify_now_is_verified_not_skipped(all_models):

@@ -105,10 +105,13 @@ def test_training_state_is_skipped_and_reported(ms, tmp_path):
 def test_unknown_entries_are_refused(ms, tmp_path):
     convert_hf2ms(FIXTURES / "gqa-linear-rope", tmp_path / "ms", HF2MSOptions(format="safetensors"))
     from safetensors.numpy import load_file, save_file
-    f = tmp_path / "ms/model.safetensors"
+    f = tmp_path / "ms/model-00001-of-00001.safetensors"
     state = load_file(f)
     state["model.layers.0.attention.q_norm.weight"] = np.ones(16, np.float32)
     save_file(state, f)
+    name_map = json.loads((tmp_path / "ms/param_name_map.json").read_text())
+    name_map["weight_map"]["model.layers.0.attention.q_norm.weight"] = f.name  # in the map too: the table refuses it
+    (tmp_path / "ms/param_name_map.json").write_text(json.dumps(name_map))
     proc = run_cli("ms2hf", tmp_path / "ms", tmp_path / "hf")
     assert proc.returncode == 2 and "q_norm" in proc.stderr and not (tmp_path / "hf").exists()
 

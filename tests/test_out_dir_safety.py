@@ -193,7 +193,7 @@ def test_force_keeps_an_earlier_output_that_a_user_added_files_to(tmp_path):
     before = tree_hash(tmp_path)
     err = refused(run_cli("hf2ms", MHA, out, "--force"), str(out), "eval_results.txt", "notes/",
                   "not part of the earlier llama-convert output", "nothing was deleted")
-    assert "model.safetensors" not in err  # the output's own files are not in the way
+    assert "model-00001-of-00001.safetensors" not in err  # the output's own files are not in the way
     assert tree_hash(tmp_path) == before
 
 
@@ -208,10 +208,10 @@ def test_force_keeps_an_earlier_output_whose_files_were_changed_since(tmp_path):
 
 def test_force_keeps_an_earlier_output_holding_a_link_even_under_a_listed_name(tmp_path):
     out = ms_output(tmp_path, "out")
-    (out / "model.safetensors").unlink()
+    (out / "model-00001-of-00001.safetensors").unlink()
     (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
-    (out / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
-    refused(run_cli("hf2ms", MHA, out, "--force"), "model.safetensors (a symbolic link)")
+    (out / "model-00001-of-00001.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    refused(run_cli("hf2ms", MHA, out, "--force"), "model-00001-of-00001.safetensors (a symbolic link)")
 
 
 def test_a_refusal_names_five_foreign_entries_and_counts_the_rest(tmp_path):
@@ -225,7 +225,7 @@ def test_a_refusal_names_five_foreign_entries_and_counts_the_rest(tmp_path):
 
 @pytest.mark.parametrize("command,src,extra", [
     ("hf2ms", TOKENIZED, ()),                                      # YAML, conversion.json, tokenizer files
-    ("hf2ms", SHARDED, ("--format", "safetensors")),               # shards and their index
+    ("hf2ms", SHARDED, ("--format", "safetensors")),               # shards and their name map
     ("ms2hf", None, ()),                                           # config.json, generation_config.json, ...
 ], ids=["hf2ms-with-tokenizer", "hf2ms-sharded", "ms2hf"])
 def test_force_replaces_an_earlier_output_that_holds_exactly_what_its_record_lists(tmp_path, command, src, extra):
@@ -245,7 +245,7 @@ def test_force_replaces_an_earlier_output_that_holds_exactly_what_its_record_lis
 def test_force_replaces_an_earlier_output_that_lost_one_of_its_files(tmp_path):
     # Nothing of anyone's is in the way: a listed file that is gone costs nobody anything.
     out = ms_output(tmp_path, "out")
-    (out / "model.safetensors").unlink()
+    (out / "model-00001-of-00001.safetensors").unlink()
     assert run_cli("hf2ms", MHA, out, "--force").returncode == 0
     assert (out / "model.ckpt").is_file()
 

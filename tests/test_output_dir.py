@@ -43,10 +43,10 @@ def test_yaml_names_llamaconfig_and_llamaforcausallm(tmp_path):
     assert mc["max_decode_length"] == 96 and mc["extend_method"] == "LLAMA3"
 
 
-def test_sharded_source_gives_sharded_safetensors_with_index(tmp_path):
+def test_sharded_source_gives_sharded_safetensors_with_mindspores_name_map(tmp_path):
     out = tmp_path / "out"
     assert run_cli("hf2ms", SHARDED, out, "--format", "safetensors").returncode == 0
-    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index = json.loads((out / "param_name_map.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert shards == [f"model-{k:05d}-of-00004.safetensors" for k in range(1, 5)]
     assert sorted(p.name for p in out.glob("*.safetensors")) == shards
@@ -59,14 +59,14 @@ def test_max_shard_size_shards_a_single_file_source(tmp_path):
     assert run_cli("hf2ms", FIXTURES / "mha-untied-fp32", out, "--format", "safetensors",
                    "--max-shard-size", "100KB").returncode == 0
     files = sorted(out.glob("*.safetensors"))
-    assert len(files) > 2 and (out / "model.safetensors.index.json").exists()
+    assert len(files) > 2 and (out / "param_name_map.json").exists()
 
 
-def test_single_source_gives_one_safetensors_file(tmp_path):
+def test_single_source_gives_one_safetensors_file_not_named_as_huggingface_names_it(tmp_path):
     out = tmp_path / "out"
     assert run_cli("hf2ms", FIXTURES / "mha-untied-fp32", out, "--format", "safetensors").returncode == 0
-    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
-    assert not (out / "model.safetensors.index.json").exists()
+    assert [p.name for p in out.glob("*.safetensors")] == ["model-00001-of-00001.safetensors"]
+    assert (out / "param_name_map.json").exists() and not list(out.glob("*index.json"))
 
 
 def test_conversion_json_records_provenance(tmp_path):

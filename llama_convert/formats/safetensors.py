@@ -10,12 +10,12 @@ import json
 import math
 import os
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from ..core.dtypes import BY_SAFETENSORS, dtype as _dtype
 from ..core.errors import ConvertError
-from .files import check_not_lfs_pointer, open_input, parse_json_object
+from .files import check_not_lfs_pointer, open_input, parse_json_object, read_small
 from .payload import PAGE, FileRanges, Payload, write_bytes
 from .tensor import TensorRef
 
@@ -23,6 +23,56 @@ from .tensor import TensorRef
 # that a file it would reject is never converted here.
 _MAX_HEADER = 100_000_000
 _BAD = "the file is corrupt or was not written by a safetensors writer; re-download or re-copy it"
+
+
+# HuggingFace's names: one model.safetensors, or shards listed by model.safetensors.index.json.
+HF_SINGLE = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+# A MindSpore safetensors directory, as mindspore.load_distributed_checkpoint(..., format="safetensors",
+# unified_safetensors_dir=DIR) reads it: the weight files beside NAME_MAP, which maps every parameter to
+# the file holding it ({"metadata": {"total_size": N}, "weight_map": {parameter: file}}, as MindSpore's
+# unified_safetensors writes it; MindSpore also reads the bare mapping, as MindFormers' converter writes
+# it). MindSpore demands the map as soon as there are two files. HF's names are avoided: MindFormers
+# takes a directory holding model.safetensors or *model.safetensors.index.json for a HuggingFace
+# checkpoint (mindformers/checkpoint/utils.py, is_hf_checkpoint). Earlier versions of this tool wrote
+# HF's names; the readers read both.
+NAME_MAP = "param_name_map.json"
+
+
+def shard_names(n: int, mindspore: bool) -> list[str]:
+    """The names of n weight files: numbered shards, except HF's single model.safetensors."""
+    if n == 1 and not mindspore:
+        return [HF_SINGLE]
+    return [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
+
+
+def weight_map_text(total_bytes: int, weight_map: dict[str, str]) -> str:
+    """An index (HF) or parameter name map (MindSpore): the two are one format."""
+    return json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=2) + "\n"
+
+
+def read_weight_map(index: Path, bare: bool = False) -> dict[str, str]:
+    """weight_map of an index, each value a file name that stays inside the index's directory. `bare`:
+    a mapping without the weight_map key is the map itself (MindSpore reads a name map either way)."""
+    data = parse_json_object(read_small(index, "checkpoint index"), index, "checkpoint index",
+                             "the file is truncated or corrupt")
+    weight_map = data if bare and "weight_map" not in data else data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConvertError(index, "has no weight_map", "the index file is corrupt")
+    for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {json.dumps(file)[:60]}, not a shard "
+                               "file name", "the index file is corrupt")
+        if not file or "\0" in file:
+            what = "an empty string" if not file else "a name with a NUL byte"
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {what}, not a shard file name",
+                               "the index file is corrupt")
+        # Judge the name as written, not where it resolves: HF cache snapshots are symlinks into
+        # ../../blobs and must keep working, but an index must not send us to read files elsewhere.
+        if PurePosixPath(file).is_absolute() or ".." in PurePosixPath(file).parts:
+            raise ConvertError(index, f"weight_map[{json.dumps(name)}] names {json.dumps(file)}, which is outside "
+                               "the checkpoint directory", "an index may only name shards next to it")
+    return weight_map
 
 
 def _is_count(x: object) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import ConvertError
 from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
 from ..formats.payload import same_bytes
-from ..formats.safetensors import SafetensorsWriter
+from ..formats.safetensors import HF_INDEX, NAME_MAP, SafetensorsWriter, weight_map_text
 from .hashing import Hashes
 from .run_yaml import side_files
 from .materialize import Materializer
@@ -85,10 +85,18 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         writer.close()
         progress.file_done(fname, writer.path.stat().st_size)
         hashes.submit(writer.path)
-    if len(plan.weight_files) > 1:
-        index = {"metadata": {"total_size": plan.total_bytes},
-                 "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if index := index_file(plan):
+        (tmp / index[0]).write_text(index[1])
+
+
+def index_file(plan: Plan) -> tuple[str, str] | None:
+    """(name, text) of the file mapping each tensor to its safetensors file, if the output has one:
+    MindSpore's param_name_map.json (its unified loader needs it; written for one file too, alike), or
+    HF's index of shards."""
+    if plan.options.format != "safetensors" or (plan.direction != "hf2ms" and len(plan.weight_files) == 1):
+        return None
+    weight_map = {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}
+    return NAME_MAP if plan.direction == "hf2ms" else HF_INDEX, weight_map_text(plan.total_bytes, weight_map)
 
 
 def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
@@ -98,8 +106,9 @@ def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
 
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
+    index = index_file(plan)
     return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
-            + sum(len(text.encode()) for text in side_files(plan).values()))
+            + sum(len(text.encode()) for text in side_files(plan).values()) + (len(index[1].encode()) if index else 0))
 
 
 def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None = None,

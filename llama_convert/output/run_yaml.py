@@ -37,7 +37,7 @@ def model_yaml(plan: Plan, out_dir: Path | None = None) -> dict:
     device = plan.options.device
     out = str(Path(os.path.abspath(out_dir))) if out_dir is not None else "<OUT_DIR>"
     weights = f"{out}/{plan.weight_files[0]}" if plan.options.format == "ckpt" else out
-    model_config = {"type": mf.config_class, **plan.model_config}
+    model_config = {"type": mf.config_class, **plan.model_config, **predict_settings(plan.model_config, device)}
     if plan.options.format == "ckpt":
         # What MindFormers' Trainer.predict() loads when it is given no checkpoint (it clears
         # load_checkpoint then), and what build_network and from_pretrained read; ckpt only, as
@@ -58,6 +58,28 @@ def model_yaml(plan: Plan, out_dir: Path | None = None) -> dict:
         run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf.processor}
     run["llama_convert"] = {"table": plan.table.name, "version": __version__}
     return run
+
+
+# Tokens per paged-attention block, as in MindFormers' own Ascend predict configs (LlamaConfig's default too).
+BLOCK_SIZE = 16
+
+
+def predict_settings(mc: dict, device: str) -> dict:
+    """How MindFormers runs predict on `device`, as model_config keys.
+
+    Ascend: as MindFormers' own Ascend predict configs (research/llama3_1/*/predict_llama3_1_*.yaml):
+    incremental inference (`use_past`: the KV cache in paged attention) with dynamic shapes, which
+    MindFormers requires of flash attention in predict mode. The cache is `num_blocks` blocks of
+    `block_size` tokens, shared by the batch: batch_size x ceil(seq_length / block_size) blocks hold every
+    sequence of a full batch at full length, the most one generate() call can use, and no more (device
+    memory: 2 x num_layers x num_blocks x block_size x n_kv_heads x head_dim values). CPU: one full
+    forward pass per token; MindSpore's CPU build has no paged-attention kernels.
+    """
+    if device == "CPU":
+        return {"use_past": False}
+    blocks_per_sequence = -(-mc["seq_length"] // BLOCK_SIZE)
+    return {"use_past": True, "is_dynamic": True, "block_size": BLOCK_SIZE,
+            "num_blocks": mc["batch_size"] * blocks_per_sequence}
 
 
 def tokenizer_section(files: list[Path], classes: Tokenizers, out: str) -> dict | None:
@@ -107,4 +129,8 @@ def yaml_text(plan: Plan, out_dir: Path | None = None) -> str:
         text = text.replace("\npostprocess_use_numpy:", "\n# MindSpore's CPU build has no ArgMax/TopK kernels for "
                             "generation: post-process in numpy.\n# Greedy decoding is therefore written as "
                             "do_sample: true, top_k: 1 (the same tokens).\npostprocess_use_numpy:", 1)
+    if "\n    use_past: true\n" in text:
+        text = text.replace("\n    use_past: true\n", "\n    # Incremental inference (KV cache in paged attention), as MindFormers' Ascend predict configs; "
+                            "num_blocks =\n    # batch_size x ceil(seq_length / block_size): every sequence of a full batch "
+                            "at full length.\n    use_past: true\n", 1)
     return head + text

@@ -22,6 +22,7 @@ from ..core.errors import ConvertError
 from ..table.loader import select_for_hf, select_for_ms
 from ..table.schema import Table, describe_layers, layers_present
 from ..core.options import HF2MSOptions, MS2HFOptions
+from ..formats.safetensors import shard_names
 
 
 @dataclass(frozen=True)
@@ -244,5 +245,4 @@ def assign_shards(plan: Plan) -> None:
     renumber = {s: k for k, s in enumerate(sorted(set(shard_ids)))}
     n = len(renumber)
     plan.tensors = [PlannedTensor(**{**t.__dict__, "shard": renumber[s]}) for t, s in zip(plan.tensors, shard_ids)]
-    plan.weight_files = (["model.safetensors"] if n == 1 else
-                         [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)])
+    plan.weight_files = shard_names(n, mindspore=plan.direction == "hf2ms")

@@ -11,15 +11,17 @@ from ..formats.tensor import TensorRef
 from ..formats.torch_bin import read_bin
 from ..table.loader import yaml_names
 from .hf import open_hf_dir
-from .ms import ms_checkpoint_files, read_ms_headers
+from .ms import ms_checkpoint_files, name_map, read_ms_headers
 
 
 def is_mindspore(path: Path) -> bool:
-    """A MindSpore side: a .ckpt file, or a directory (of a file) holding a MindFormers YAML or a .ckpt."""
+    """A MindSpore side: a .ckpt file, or a directory (of a file) holding a MindFormers YAML, MindSpore's
+    safetensors name map or a .ckpt."""
     root = path.parent if path.is_file() else path
     if path.is_file() and path.suffix == ".ckpt":
         return True
-    return any((root / n).exists() for n in yaml_names()) or (path.is_dir() and any(path.glob("*.ckpt")))
+    return (any((root / n).exists() for n in (*yaml_names(), st.NAME_MAP))
+            or (path.is_dir() and any(path.glob("*.ckpt"))))
 
 
 def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
@@ -40,4 +42,8 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
         raise recognise_file(path) or ConvertError(path, "unknown checkpoint type", "expected .safetensors, .ckpt or .bin")
     if side == "hf":
         return side, list(open_hf_dir(path).tensors.values())
-    return side, list(read_ms_headers(ms_checkpoint_files(path))[0].values())
+    files = ms_checkpoint_files(path)
+    tensors = read_ms_headers(files)[0]
+    if files[0].suffix == ".safetensors":
+        name_map(path, tensors)
+    return side, list(tensors.values())

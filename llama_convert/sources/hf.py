@@ -1,8 +1,7 @@
 """The HuggingFace reader: a model directory's configs, weight headers and tokenizer files. No tensor data."""
 from __future__ import annotations
 
-import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from ..core.errors import ConvertError
@@ -36,7 +35,7 @@ def open_hf_dir(root: Path) -> Checkpoint:
     generation = load_json(gen_path, "generation_config.json") if gen_path.exists() else None
     tokenizer = tokenizer_files(root)
 
-    for index_name, single, reader in (("model.safetensors.index.json", "model.safetensors", _read_st),
+    for index_name, single, reader in ((st.HF_INDEX, st.HF_SINGLE, _read_st),
                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", read_bin)):
         index = root / index_name
         if index.exists():
@@ -71,29 +70,8 @@ def _read_st(path: Path) -> dict[str, TensorRef]:
     return st.read_header(path)[0]
 
 
-def _shard_names(index: Path) -> dict[str, str]:
-    """weight_map of an index, each value a shard name that stays inside the index's directory."""
-    weight_map = load_json(index, "checkpoint index").get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ConvertError(index, "has no weight_map", "the index file is corrupt")
-    for name, file in weight_map.items():
-        if not isinstance(file, str):
-            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {json.dumps(file)[:60]}, not a shard "
-                               "file name", "the index file is corrupt")
-        if not file or "\0" in file:
-            what = "an empty string" if not file else "a name with a NUL byte"
-            raise ConvertError(index, f"weight_map[{json.dumps(name)}] is {what}, not a shard file name",
-                               "the index file is corrupt")
-        # Judge the name as written, not where it resolves: HF cache snapshots are symlinks into
-        # ../../blobs and must keep working, but an index must not send us to read files elsewhere.
-        if PurePosixPath(file).is_absolute() or ".." in PurePosixPath(file).parts:
-            raise ConvertError(index, f"weight_map[{json.dumps(name)}] names {json.dumps(file)}, which is outside "
-                               "the checkpoint directory", "an index may only name shards next to it")
-    return weight_map
-
-
 def _read_index(index: Path, reader) -> tuple[list[Path], dict[str, TensorRef], dict[str, int]]:
-    weight_map = _shard_names(index)
+    weight_map = st.read_weight_map(index)
     names = sorted(set(weight_map.values()))
     files = [index.parent / n for n in names]
     tensors: dict[str, TensorRef] = {}

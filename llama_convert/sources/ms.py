@@ -101,11 +101,38 @@ def open_ms_dir(path: Path, config: Path | None = None) -> Checkpoint:
     cfg_path = config or find_yaml(root)
     mc, table = read_mindformers_yaml(cfg_path)
     tensors, shard_of, others = read_ms_headers(files)
-    index = root / "model.safetensors.index.json"
+    index = name_map(root, tensors) if Path(path).is_dir() and files[0].suffix == ".safetensors" else None
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
-    return Checkpoint(root, mc, None, tensors, files, index if index.exists() and len(files) > 1 else None,
-                      shard_of, tokenizer, config_path=cfg_path, non_tensors=others, recorded_table=table,
+    return Checkpoint(root, mc, None, tensors, files, index, shard_of, tokenizer, config_path=cfg_path,
+                      non_tensors=others, recorded_table=table,
                       widened_from=recorded_widening(root, files))
+
+
+def name_map(root: Path, tensors: dict[str, TensorRef]) -> Path | None:
+    """The file that maps a safetensors directory's parameters to their files, checked against the
+    headers: MindSpore's param_name_map.json, or the HF-named index of earlier versions' output. A
+    parameter mapped to a file that lacks it is silently left out by mindspore.load_distributed_checkpoint,
+    so a map that disagrees with the files is refused."""
+    if (root / st.NAME_MAP).is_file():
+        index = root / st.NAME_MAP
+        mapped = st.read_weight_map(index, bare=True)
+    elif (root / st.HF_INDEX).is_file():
+        index = root / st.HF_INDEX
+        mapped = st.read_weight_map(index)
+    else:
+        return None
+    for name, file in mapped.items():
+        if name not in tensors or tensors[name].file.name != file:
+            where = f"it is in {tensors[name].file.name}" if name in tensors else "no file holds it"
+            raise ConvertError(index, f"maps {name!r} to {file}, but {where}",
+                               "the map and the weight files disagree; convert again")
+    # hyper_param.safetensors: MindSpore's file of what is not a parameter (a step count), loaded apart
+    unmapped = sorted(n for n in set(tensors) - set(mapped) if tensors[n].file.name != "hyper_param.safetensors")
+    if unmapped:
+        raise ConvertError(index, f"does not map {unmapped[0]!r} ({tensors[unmapped[0]].file.name})"
+                           + (f" nor {len(unmapped) - 1} more" if len(unmapped) > 1 else ""),
+                           "the map and the weight files disagree; convert again")
+    return index
 
 
 def recorded_widening(root: Path, files: list[Path]) -> str | None:

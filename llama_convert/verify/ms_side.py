@@ -30,7 +30,8 @@ class MSSide:
         model_class = getattr(mindformers.models, table.mindformers.model_class)
         self.ms = ms
         self.dtype = cfg.get("param_init_type", "float32")
-        overrides = {"batch_size": batch, "seq_length": length, "use_past": False}
+        # Whole forward passes of a fixed shape: no KV cache, whatever the run YAML's predict settings say.
+        overrides = {"batch_size": batch, "seq_length": length, "use_past": False, "is_dynamic": False}
         if device == "CPU":
             overrides |= dict(table.mindformers.device["CPU"]) | FLOAT32_COMPUTE
         self.pad_token_id = cfg.get("pad_token_id")
