@@ -14,6 +14,7 @@ from typing import Iterable
 
 
 from ..table import ops
+from .parallel import ParallelPlan, plan_parallel, rank_file
 from ..sources.checkpoint import Checkpoint
 from ..table.config_rules import Translation, check_model_config, translate, translate_back
 from ..core.dtypes import dtype as _dtype
@@ -21,7 +22,7 @@ from ..table.edges import account, expand
 from ..core.errors import ConvertError
 from ..table.loader import select_for_hf, select_for_ms
 from ..table.schema import Table, describe_layers, layers_present
-from ..core.options import HF2MSOptions, MS2HFOptions
+from ..core.options import HF2MSOptions, MS2HFOptions, Parallel
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Plan:
     # ms2hf: config.json and generation_config.json as data; output/run_yaml.py writes them (or the YAML)
     hf_config: dict | None = None
     generation_config: dict | None = None
+    parallel: ParallelPlan | None = None   # hf2ms --parallel: which rank holds which part of each tensor
 
     @property
     def model_config(self) -> dict:
@@ -109,6 +111,13 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     tensors = [PlannedTensor(e.ms, e.ms_shape, dtype_of[e.dtype], e.hf,
                              tuple(source.tensors[s].dtype for s in e.hf), e.op) for e in edges.edges]
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
+    if options.parallel:
+        if options.max_shard_size:
+            raise ConvertError(f"--parallel {options.parallel}", "--max-shard-size cannot be combined with it: "
+                               "MindFormers loads one weight file per rank_K directory",
+                               "leave --max-shard-size out; each rank's file is already 1/M of the model")
+        plan.parallel = plan_parallel(Parallel.parse(options.parallel), edges.edges, mc, table.path,
+                                      source.config_file)
     assign_shards(plan)
     return plan
 
@@ -184,6 +193,9 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
 
 def assign_shards(plan: Plan) -> None:
     opts = plan.options
+    if plan.parallel is not None:
+        plan.weight_files = [rank_file(k, opts.format) for k in range(plan.parallel.ranks)]
+        return
     if opts.format == "ckpt":
         plan.weight_files = ["model.ckpt"]
         return

@@ -182,6 +182,12 @@ class TensorRule(Record):
     op: str = "copy"
     dtype: Literal["param", "norm"] = "param"     # param_init_type, or layernorm_compute_type
     when: tuple[str, ...] = ()
+    # --parallel, as MindFormers' shard() cuts it over model_parallel: rows (output rows), columns
+    # (input columns), vocab (rows, only when vocab_emb_dp is false and the vocab divides), none (every
+    # card holds it whole). Unset: --parallel refuses the table rather than guess.
+    split: Literal["rows", "columns", "vocab", "none"] | None = None
+    # The pipeline stage of a whole-model tensor (a layer's tensors go with their layer).
+    stage: Literal["first", "last"] | None = None
 
 
 @record
