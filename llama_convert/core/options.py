@@ -277,6 +277,11 @@ class HF2MSOptions(Options):
     ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
     ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.parallel is not None:  # a library caller's spelling, recorded the one way the CLI records it
+            object.__setattr__(self, "parallel", parallel(self.parallel))
+
 
 DEFAULT_HF_SHARD = 5 * 10**9   # transformers' own default max_shard_size
 
