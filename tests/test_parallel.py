@@ -270,3 +270,14 @@ def test_a_rank_reads_a_row_block_as_one_range_and_a_column_block_as_one_range_p
     assert read_all(rows).tobytes() == full[3:6].tobytes() and read_all(cols).tobytes() == full[:, 4:].tobytes()
     in_memory = pick(InMemory(full), block_runs(full.shape, 4, (slice(0, 6), slice(0, 4))))
     assert read_all(in_memory).tobytes() == full[:, :4].tobytes()
+
+
+def test_force_replaces_an_earlier_parallel_output_but_not_one_a_user_added_to(tmp_path):
+    out = tmp_path / "out"
+    options = HF2MSOptions(parallel="mp=2")
+    convert_hf2ms(FIXTURES / FULL, out, options)
+    convert_hf2ms(FIXTURES / FULL, out, options, force=True)
+    (out / "rank_1" / "notes.txt").write_text("mine")
+    with pytest.raises(ConvertError, match="rank_1/notes.txt"):
+        convert_hf2ms(FIXTURES / FULL, out, options, force=True)
+    assert (out / "rank_1" / "notes.txt").read_text() == "mine"
