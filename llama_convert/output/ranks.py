@@ -54,19 +54,23 @@ def write_ranks(plan: Plan, tmp: Path, order: list[PlannedTensor], hashes: Hashe
         path = tmp / fname
         path.parent.mkdir()
         members = [pt for pt in order if par.holds(rank, pt.name)]
-        slices = [_slice(plan, make, rank, pt) for pt in members]
+        # A slice's runs are made as it is written, not all at once: a column block has one per row,
+        # and a rank of a 70B model has millions of them.
         if plan.options.format == "ckpt":
             writer = CkptWriter(path, plan.options.ckpt_slice_bytes or SLICE_BYTES,
                                 plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
             hashes.follow(path)
-            for pt, payload in zip(members, slices):
+            for pt in members:
+                payload = _slice(plan, make, rank, pt)
                 writer.add(pt.name, pt.dtype, rank_shape(plan, rank, pt), payload, _copied_from(payload))
                 progress.advance(payload.nbytes)
         else:
             writer = SafetensorsWriter(path, [(pt.name, pt.dtype, rank_shape(plan, rank, pt)) for pt in members],
-                                       plan.weight_metadata, [_copied_from(p) for p in slices])
+                                       plan.weight_metadata,
+                                       [_copied_from(_slice(plan, make, rank, pt)) for pt in members])
             hashes.follow(path)
-            for pt, payload in zip(members, slices):
+            for pt in members:
+                payload = _slice(plan, make, rank, pt)
                 writer.add(pt.name, payload)
                 progress.advance(payload.nbytes)
         writer.close()
