@@ -13,6 +13,7 @@ format, alternating, and its refusals. Conversions are shared per module.
 from __future__ import annotations
 
 import glob
+import shutil
 import json
 import os
 from pathlib import Path
@@ -281,3 +282,48 @@ def test_force_replaces_an_earlier_parallel_output_but_not_one_a_user_added_to(t
     with pytest.raises(ConvertError, match="rank_1/notes.txt"):
         convert_hf2ms(FIXTURES / FULL, out, options, force=True)
     assert (out / "rank_1" / "notes.txt").read_text() == "mine"
+
+
+CHILD = "extends: llama\nname: child\nhf: {architectures: [ChildForCausalLM], model_type: child, model_class: ChildForCausalLM}\n"
+
+
+@pytest.mark.parametrize("rules,said", [
+    ("  - {name: 'model.layers.{i}.attention_norm.weight', from: [attn_norm], split: none, stage: last}\n",
+     "ms_tensors[0] (model.layers.{i}.attention_norm.weight): stage: last on a tensor of every layer"),
+    ("  - {name: model.norm_out.weight, from: [norm], split: diagonal}\n", "ms_tensors[0].split: \"diagonal\""),
+], ids=["stage-on-a-layer", "unknown-split"])
+def test_a_tables_split_and_stage_words_are_checked_when_it_loads(tmp_path, rules, said):
+    from llama_convert.table.loader import load_table
+    path = tmp_path / "child.yaml"
+    path.write_text(CHILD + "ms_tensors:\n" + rules)
+    with pytest.raises(ConvertError) as e:
+        load_table(str(path))
+    assert e.value.one_line().startswith(f"{path}: {said}"), e.value.one_line()
+
+
+def test_parallel_refuses_a_table_that_does_not_say_how_a_tensor_is_cut(tmp_path):
+    import yaml
+    from llama_convert.table.loader import load_table
+    from llama_convert.table.loader import tables_dir
+    rules = yaml.safe_load((tables_dir() / "llama.yaml").read_text())["ms_tensors"]
+    for rule in rules:
+        if rule["name"] == "model.norm_out.weight":
+            del rule["split"]
+    path = tmp_path / "child.yaml"
+    shutil.copy(tables_dir() / "llama.yaml", tmp_path / "llama.yaml")
+    path.write_text("extends: llama.yaml\nname: child\n" + yaml.safe_dump({"ms_tensors": rules}))
+    load_table(str(path))  # a table without split words converts to one card as before
+    with pytest.raises(ConvertError, match="model.norm_out.weight has no `split:`") as e:
+        plan_hf2ms(FIXTURES / FULL, HF2MSOptions(parallel="mp=2", table=str(path)))
+    assert str(path) in str(e.value)
+
+
+def test_a_bulk_manifest_row_may_ask_for_parallel_output_and_a_bad_spec_fails_that_row_alone(tmp_path):
+    from llama_convert.bulk.manifest import read_manifest
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in [
+        {"src": str(FIXTURES / FULL), "out": "a", "parallel": "mp=4,pp=2"},
+        {"src": str(FIXTURES / FULL), "out": "b", "parallel": "mp=four"}]) + "\n")
+    good, bad = read_manifest(manifest)
+    assert good.problem is None and good.options.parallel == "mp=4,pp=2,dp=1"
+    assert bad.problem is not None and "parallel" in bad.problem and "mp" in bad.problem

@@ -299,6 +299,9 @@ def check(table: Table) -> None:
             raise fail(f"{where}: {LAYER} is in the name of {'it' if LAYER in rule.name else per_layer[0]} "
                        f"but not of {per_layer[0] if LAYER in rule.name else 'it'}",
                        "a tensor of every layer is made of tensors of the same layer")
+        if rule.stage is not None and LAYER in rule.name:
+            raise fail(f"{where}: stage: {rule.stage} on a tensor of every layer",
+                       "a layer's tensors go to the stage that holds the layer; stage: is for whole-model tensors")
     for a, b in table.tied_twins.items():
         if a not in table.hf_tensors or b not in table.hf_tensors:
             raise fail(f"tied_twins.{a}: {a} and {b} must both be hf_tensors keys")
