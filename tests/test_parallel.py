@@ -327,3 +327,18 @@ def test_a_bulk_manifest_row_may_ask_for_parallel_output_and_a_bad_spec_fails_th
     good, bad = read_manifest(manifest)
     assert good.problem is None and good.options.parallel == "mp=4,pp=2,dp=1"
     assert bad.problem is not None and "parallel" in bad.problem and "mp" in bad.problem
+
+
+def test_a_column_block_gathered_in_pieces_is_sliced_as_mindspore_slices_a_large_tensor(outputs, tmp_path):
+    import mindspore
+    small = tmp_path / "small"
+    convert_hf2ms(FIXTURES / FULL, small, HF2MSOptions(parallel="mp=2", ckpt_slice_bytes=1000))
+    for k in range(2):
+        ours = small / f"rank_{k}" / f"checkpoint_{k}.ckpt"
+        loaded = mindspore.load_checkpoint(str(ours))
+        whole = tensors(outputs(FULL, "ckpt", False, "mp=2") / f"rank_{k}" / f"checkpoint_{k}.ckpt")
+        assert set(loaded) == set(whole)
+        for name, (dt, shape, data) in whole.items():
+            assert loaded[name].asnumpy().tobytes() == data and tuple(loaded[name].shape) == shape, name
+        wo = {r.name: r for r in ckpt.scan(ours)[0]}["model.layers.0.attention.wo.weight"]
+        assert len(wo.ranges.segments) == 9  # 64 x 32 float32 = 8192 bytes in slices of 1000 bytes
