@@ -203,7 +203,8 @@ def test_mindformers_sees_a_multi_rank_checkpoint_and_finds_each_ranks_file(outp
     assert not check_path_include_total_ckpt(str(out))
     for k in range(4):
         assert get_distribute_checkpoint_path(str(out), k, fmt) == str(out / f"rank_{k}" / f"checkpoint_{k}.{fmt}")
-    pc = config.parallel_config
+    from mindformers.modules.transformer.transformer import TransformerOpParallelConfig
+    pc = TransformerOpParallelConfig(**config.parallel_config)  # as build_parallel_config makes it
     assert (pc.data_parallel, pc.model_parallel, pc.pipeline_stage, pc.vocab_emb_dp) == (1, 2, 2, True)
     assert config.model.model_config.offset == [0, 0] and config.auto_trans_ckpt is False
 
