@@ -116,8 +116,8 @@ def write_ranks(plan: Plan, tmp: Path, order: list[PlannedTensor], hashes: Hashe
                 _write_columns(make(pt), pt.shape, item, cuts)
                 progress.advance(sum(math.prod(rank_shape(plan, r.rank, pt)) * item for r in ranks))
                 continue
-            for r, block in zip(ranks, blocks):
-                payload = pick(make(pt), block_runs(pt.shape, item, block))
+            for r in ranks:
+                payload = _slice(plan, make, r.rank, pt)
                 r.add(pt, rank_shape(plan, r.rank, pt), payload)
                 progress.advance(payload.nbytes)
         for r in ranks:
