@@ -29,12 +29,13 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("sources", [{"", "checkpoint", "hub"},              # what every reader returns; hub ids -> a snapshot
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
-    ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
+    ("plan", [{"", "parallel"},                           # --parallel: which rank holds which part of a tensor
+              {"plan"}]),                                # every output tensor, both directions, and its file
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
                 {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
                 {"transaction"},                         # written aside, renamed into place
                 {"run_yaml", "materialize"},             # the files beside the weights; tensors' bytes made
-                {"report"},                              # what was done, conversion.json included
+                {"report", "ranks"},                     # what was done, conversion.json included; --parallel's rank files
                 {"execute"}]),                           # a plan carried out tensor by tensor
     ("compare", [{"", "inspect", "diff"}]),               # checkpoints read and compared through the table
     ("verify", [{"options", "memory"},                   # what it is asked, what it holds

@@ -136,6 +136,52 @@ def token_ids(value: object) -> tuple[int, ...]:
     return ids
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """--parallel: the cards the output is cut for. mp = model_parallel (tensor parallel), pp =
+    pipeline_stage, dp = data_parallel (ranks that hold the same slices); vocab_emb_dp = MindFormers'
+    switch that keeps the embedding and lm_head whole on every card (its default, true)."""
+    mp: int = 1
+    pp: int = 1
+    dp: int = 1
+    vocab_emb_dp: bool = True
+
+    @property
+    def ranks(self) -> int:
+        return self.dp * self.mp * self.pp
+
+    def __str__(self) -> str:
+        text = f"mp={self.mp},pp={self.pp},dp={self.dp}"
+        return text if self.vocab_emb_dp else text + ",vocab_emb_dp=false"
+
+    @classmethod
+    def parse(cls, value: object) -> "Parallel":
+        """`mp=M[,pp=P][,dp=D][,vocab_emb_dp=false]`, as --parallel and a manifest give it."""
+        if isinstance(value, Parallel):
+            return value
+        given: dict[str, object] = {}
+        for item in text(value).replace(" ", "").split(","):
+            key, sep, val = item.partition("=")
+            key = key.lower().replace("-", "_")
+            key = {"model_parallel": "mp", "pipeline_stage": "pp", "data_parallel": "dp"}.get(key, key)
+            if not sep or key not in ("mp", "pp", "dp", "vocab_emb_dp"):
+                raise ValueError(f"{_shown(value)}: write mp=M[,pp=P][,dp=D], e.g. mp=8 or mp=4,pp=2")
+            if key in given:
+                raise ValueError(f"{_shown(value)}: {key} is given twice")
+            try:
+                given[key] = boolean(val) if key == "vocab_emb_dp" else whole(1, 4096)(val)
+            except ValueError as e:
+                raise ValueError(f"{key} {e}") from None
+        if "mp" not in given:
+            raise ValueError(f"{_shown(value)}: give mp=M (model_parallel), e.g. mp=8 or mp=4,pp=2")
+        return cls(**given)  # type: ignore[arg-type]
+
+
+def parallel(value: object) -> str:
+    """--parallel's value as its canonical text (what conversion.json and a bulk row carry)."""
+    return str(Parallel.parse(value))
+
+
 # ---------------------------------------------------------------- an option, declared once
 
 
@@ -225,8 +271,16 @@ class HF2MSOptions(Options):
                                default_text="chosen from the model's architecture")
     hash: bool = option(True, "sha256 of every input and output file in conversion.json (costs a read of each); "
                         "also checks HF hub cache blobs against their names (--no-hash: no check).", negatable=True)
+    parallel: str | None = option(None, "Cut the output for D*M*P cards: rank_K/ per card, the strategy files and a "
+                                  "parallel YAML (model_parallel M, pipeline_stage P, data_parallel D).",
+                                  parse=parallel, metavar="mp=M[,pp=P][,dp=D]", default_text="one card")
     ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
     ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.parallel is not None:  # a library caller's spelling, recorded the one way the CLI records it
+            object.__setattr__(self, "parallel", parallel(self.parallel))
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ hand so that tensor contents can stream straight from the source file.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..core.dtypes import BY_CKPT, dtype as _dtype
 from ..core.errors import ConvertError
@@ -88,6 +90,27 @@ class CkptWriter:
             self._write(prefix)
             payload.write_to(self._fd, start, length)
             self._pos += length
+
+    def begin(self, name: str, dt: str, shape: tuple[int, ...]) -> Callable[[bytes | memoryview], None]:
+        """For a tensor whose bytes arrive in pieces (a column block, gathered row window by row window
+        while other files take the other columns): append(piece) until the pieces add up to the
+        tensor. Sliced as add() slices."""
+        item, ckpt_type = _dtype(dt).itemsize, _dtype(dt).ckpt
+        total = math.prod(shape) * item
+        step = max(item, self.slice_bytes // item * item)
+        done = 0
+
+        def append(piece: bytes | memoryview) -> None:
+            nonlocal done
+            view = memoryview(piece).cast("B")
+            while len(view):
+                if done % step == 0:  # a slice begins
+                    self._write(value_prefix(name, ckpt_type, shape, min(step, total - done)))
+                n = min(len(view), step - done % step)
+                self._write(view[:n])
+                done += n
+                view = view[n:]
+        return append
 
     def close(self) -> None:
         os.close(self._fd)

@@ -256,6 +256,75 @@ class InMemory:
         _write_all(fd, self._flat()[start:start + length])
 
 
+def block_runs(shape: tuple[int, ...], itemsize: int, block: tuple[slice, ...]) -> list[tuple[int, int]]:
+    """The byte runs (start, length), in order, of a C-order tensor of `shape` that hold `block` (one
+    slice per axis): one run for a block of whole rows, one per row for a block of columns."""
+    import itertools
+    import math
+    cut = len(shape)
+    while cut and (block[cut - 1].start, block[cut - 1].stop) == (0, shape[cut - 1]):
+        cut -= 1  # trailing axes held whole ride along inside each run
+    if cut == 0:
+        return [(0, math.prod(shape) * itemsize)]
+    inner = math.prod(shape[cut:]) * itemsize
+    strides = [math.prod(shape[a + 1:]) * itemsize for a in range(len(shape))]
+    last = block[cut - 1]
+    length = (last.stop - last.start) * inner
+    runs = []
+    for idx in itertools.product(*(range(b.start, b.stop) for b in block[:cut - 1])):
+        runs.append((sum(i * strides[a] for a, i in enumerate(idx)) + last.start * inner, length))
+    return runs
+
+
+def pick(payload: Payload, runs: list[tuple[int, int]]) -> Payload:
+    """Bytes `runs` (start, length) of `payload`, laid end to end: one rank's block of a tensor. Bytes
+    still in a source file stay there (kernel copies); a cast is applied after picking."""
+    if isinstance(payload, FileRanges):
+        segments: list[tuple[int, int]] = []
+        for start, length in runs:
+            for off, n in payload.locate(start, length):
+                if segments and segments[-1][0] + segments[-1][1] == off:
+                    segments[-1] = (segments[-1][0], segments[-1][1] + n)
+                else:
+                    segments.append((off, n))
+        return FileRanges(payload.path, tuple(segments))
+    if isinstance(payload, Cast):
+        si, di = dtype(payload.src).itemsize, dtype(payload.dst).itemsize
+        return Cast(pick(payload.inner, [(a // di * si, n // di * si) for a, n in runs]), payload.src, payload.dst)
+    if isinstance(payload, InMemory):
+        import numpy as np
+        flat = payload._flat()
+        return InMemory(np.frombuffer(b"".join(bytes(flat[a:a + n]) for a, n in runs), dtype=np.uint8))
+    return Picked(payload, tuple(runs))
+
+
+@dataclass(frozen=True)
+class Picked(_Windowed):
+    """Runs of another payload (a Scatter's), read piece by piece as windows ask for them."""
+    inner: Payload
+    runs: tuple[tuple[int, int], ...]
+
+    @cached_property
+    def _ends(self) -> list[int]:
+        import itertools
+        return list(itertools.accumulate(n for _, n in self.runs))
+
+    @property
+    def nbytes(self) -> int:
+        return self._ends[-1] if self.runs else 0
+
+    def read_into(self, view: memoryview, start: int) -> None:
+        end, done = start + len(view), 0
+        i = bisect.bisect_right(self._ends, start)
+        while done < len(view):
+            run_start, length = self.runs[i]
+            begin = self._ends[i] - length  # where run i starts in the picked bytes
+            lo, hi = max(start, begin), min(end, self._ends[i])
+            self.inner.read_into(view[done:done + hi - lo], run_start + lo - begin)
+            done += hi - lo
+            i += 1
+
+
 # "kernel": os.copy_file_range, bytes never enter the process. "buffered": pread into one reusable
 # buffer and write it out. Which is faster depends on the file system; here the kernel path was
 # both faster and steadier under load.

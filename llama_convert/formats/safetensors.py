@@ -11,7 +11,7 @@ import math
 import os
 import struct
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..core.dtypes import BY_SAFETENSORS, dtype as _dtype
 from ..core.errors import ConvertError
@@ -211,6 +211,14 @@ class SafetensorsWriter:
             raise AssertionError(f"writer expected {expected} ({nbytes} B), got {name} ({payload.nbytes} B)")
         payload.write_to(self._fd, 0, nbytes)
         self._next += 1
+
+    def begin(self, name: str) -> Callable[[bytes | memoryview], None]:
+        """For a tensor whose bytes arrive in pieces: append(piece), in order, until they make the tensor."""
+        expected, _ = self._order[self._next]
+        if name != expected:
+            raise AssertionError(f"writer expected {expected}, got {name}")
+        self._next += 1
+        return lambda piece: write_bytes(self._fd, piece)
 
     def close(self) -> None:
         if self._next != len(self._order):

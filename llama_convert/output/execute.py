@@ -21,6 +21,7 @@ from ..formats.safetensors import HF_INDEX, NAME_MAP, SafetensorsWriter, weight_
 from .hashing import Hashes
 from .run_yaml import side_files
 from .materialize import Materializer
+from .ranks import rank_bytes, write_ranks
 from .transaction import Transaction
 from ..plan.plan import Plan, PlannedTensor
 from ..console.progress import Progress
@@ -62,6 +63,9 @@ def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
 def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress: Progress | None = None) -> None:
     hashes = hashes or Hashes(False)
     progress = progress or Progress()
+    if plan.parallel is not None:
+        write_ranks(plan, tmp, source_order(plan, plan.tensors), hashes, progress)
+        return
     make = Materializer(plan)
     if plan.options.format == "ckpt":
         writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
@@ -104,10 +108,15 @@ def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
     return [Path(given) if given is not None else plan.source.root, *plan.source.input_files()]
 
 
+def weight_bytes(plan: Plan) -> int:
+    """What the weight files hold: the model, or with --parallel every rank's share of it."""
+    return rank_bytes(plan) if plan.parallel is not None else plan.total_bytes
+
+
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
     index = index_file(plan)
-    return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+    return (weight_bytes(plan) + sum(p.stat().st_size for p in plan.source.tokenizer_files)
             + sum(len(text.encode()) for text in side_files(plan).values()) + (len(index[1].encode()) if index else 0))
 
 
@@ -125,14 +134,14 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             check_twins(plan)
             for path in plan.source.input_files():
                 hashes.submit(path)
-            progress.start(plan.total_bytes, f"{plan.direction} {out_dir.name}")
+            progress.start(weight_bytes(plan), f"{plan.direction} {out_dir.name}")
             write_weights(plan, tmp, hashes, progress)
             hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
             for name, text in side_files(plan, out_dir).items():
                 (tmp / name).write_text(text)
-            outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
+            outputs = [hashes.record(p, str(p.relative_to(tmp))) for p in sorted(tmp.rglob("*")) if p.is_file()]
             record = provenance(plan, outputs, hashes)
             (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
             tx.commit()

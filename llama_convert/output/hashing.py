@@ -37,8 +37,10 @@ class Hashes:
         # One worker per core (at least two): on a many-core host every file hashes at once, beside the copy.
         workers = max(2, min(16, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=workers) if enabled else None
-        # Followers wait on the writer: queued behind whole-file hashes they would start too late.
-        self._followers = ThreadPoolExecutor(max_workers=workers) if enabled else None
+        # Followers wait on the writer: queued behind whole-file hashes they would start too late. One
+        # each for files written side by side (--parallel's ranks of a stage), or a queued one would
+        # start only when the others end, rereading its file from disk.
+        self._followers = ThreadPoolExecutor(max_workers=32) if enabled else None  # 8 MiB buffer each
         self._jobs: dict[Path, Future] = {}
         self._growing: dict[Path, threading.Event] = {}
 

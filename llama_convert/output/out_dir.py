@@ -79,30 +79,41 @@ def recorded_outputs(directory: Path) -> dict[str, int] | None:
     listed: dict[str, int] = {}
     for f in outputs:
         name, size = (f.get("name"), f.get("size")) if isinstance(f, dict) else (None, None)
-        if (not isinstance(name, str) or name in ("", ".", "..", CONVERSION_RECORD) or "/" in name or "\0" in name
+        if (not isinstance(name, str) or name == CONVERSION_RECORD or not _plain_relative(name)
                 or name in listed or type(size) is not int or size < 0):
             return None
         listed[name] = size
     return listed
 
 
-def foreign_entries(directory: Path, listed: dict[str, int]) -> list[str]:
+def _plain_relative(name: str) -> bool:
+    """A file name, or (--parallel's rank_K/ and strategy/) one directory and a file name: nothing that
+    could climb out of OUT_DIR or name it twice."""
+    parts = name.split("/")
+    return len(parts) <= 2 and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def foreign_entries(directory: Path, listed: dict[str, int], prefix: str = "") -> list[str]:
     """What a directory holds beyond the files `listed` with their sizes (and the record itself)."""
     found = []
     with os.scandir(directory) as entries:
         for e in sorted(entries, key=lambda e: e.name):
-            if e.name == CONVERSION_RECORD:
+            name = prefix + e.name
+            if name == CONVERSION_RECORD:
                 continue
             if e.is_symlink():
-                found.append(f"{e.name} (a symbolic link)")
+                found.append(f"{name} (a symbolic link)")
             elif e.is_dir():
-                found.append(f"{e.name}/")
+                if not prefix and any(n.startswith(name + "/") for n in listed):  # a rank_K/ of ours
+                    found += foreign_entries(Path(e.path), listed, name + "/")
+                else:
+                    found.append(f"{name}/")
             elif not e.is_file():
-                found.append(f"{e.name} (not a regular file)")
-            elif e.name not in listed:
-                found.append(e.name)
-            elif (size := e.stat(follow_symlinks=False).st_size) != listed[e.name]:
-                found.append(f"{e.name} (changed since: {size} bytes, recorded {listed[e.name]})")
+                found.append(f"{name} (not a regular file)")
+            elif name not in listed:
+                found.append(name)
+            elif (size := e.stat(follow_symlinks=False).st_size) != listed[name]:
+                found.append(f"{name} (changed since: {size} bytes, recorded {listed[name]})")
     return found
 
 

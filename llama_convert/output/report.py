@@ -109,6 +109,9 @@ def result_text(plan: Plan, result: Result) -> str:
              f"  {len(plan.tensors)} tensors, {human_bytes(plan.total_bytes, 2)}, format {plan.options.format}"
              f"{', qkv_concat' if plan.model_config.get('qkv_concat') else ''}, dtype {weights_dtype(plan.tensors)}"
              f", tie_word_embeddings {plan.model_config.get('tie_word_embeddings', False)}"]
+    if plan.parallel is not None:
+        lines.append(f"  cut for {plan.parallel.ranks} cards ({plan.parallel.spec}): rank_0/ .. "
+                     f"rank_{plan.parallel.ranks - 1}/, strategy/, YAML with use_parallel: true")
     if casts:
         kinds = sorted({t.cast for t in casts})
         lossless = all(t.dtype == "float32" for t in casts)  # every float we read widens to float32 exactly

@@ -56,6 +56,8 @@ def model_yaml(plan: Plan, out_dir: Path | None = None) -> dict:
     tokenizer = tokenizer_section(plan.source.tokenizer_files, mf.tokenizer, out)
     if tokenizer is not None:
         run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf.processor}
+    if plan.parallel is not None:
+        parallel_settings(plan, run, out)
     run["llama_convert"] = {"table": plan.table.name, "version": __version__}
     return run
 
@@ -80,6 +82,31 @@ def predict_settings(mc: dict, device: str) -> dict:
     blocks_per_sequence = -(-mc["seq_length"] // BLOCK_SIZE)
     return {"use_past": True, "is_dynamic": True, "block_size": BLOCK_SIZE,
             "num_blocks": mc["batch_size"] * blocks_per_sequence}
+
+
+def parallel_settings(plan: Plan, run: dict, out: str) -> None:
+    """--parallel: the run loads OUT_DIR's rank_K/ directories as they are, each card its own.
+
+    MindFormers sees rank_* under load_checkpoint as a multi-rank checkpoint (_get_checkpoint_mode) and,
+    with auto_trans_ckpt false, loads rank_{its rank}/ without re-slicing; src_strategy_path_or_dir
+    names the strategy files a later transform (auto_trans_ckpt: true on another layout) reads.
+    """
+    par = plan.parallel
+    run.update({"use_parallel": True, "load_checkpoint": out, "auto_trans_ckpt": False,
+                "src_strategy_path_or_dir": f"{out}/strategy"})
+    run.pop("pretrained_model_dir", None)       # a single-card fallback; here every card has its rank_K/
+    model_config = run["model"]["model_config"]
+    model_config.pop("checkpoint_name_or_path", None)  # build_network would load it whole on every card
+    model_config["offset"] = list(par.offset) if par.spec.pp > 1 else 0
+    run["context"].pop("device_id", None)       # msrun gives each process its card
+    run["parallel"] = {"parallel_mode": 1, "gradients_mean": False, "enable_alltoall": False, "full_batch": True,
+                       "search_mode": "sharding_propagation", "enable_parallel_optimizer": False,
+                       "strategy_ckpt_config": {"save_file": "./ckpt_strategy.ckpt", "only_trainable_params": False}}
+    run["parallel_config"] = {"data_parallel": par.spec.dp, "model_parallel": par.spec.mp,
+                              "pipeline_stage": par.spec.pp, "micro_batch_num": par.spec.pp,
+                              "vocab_emb_dp": par.spec.vocab_emb_dp, "use_seq_parallel": False,
+                              "gradient_aggregation_group": 4}
+    run["micro_batch_interleave_num"] = 1
 
 
 def tokenizer_section(files: list[Path], classes: Tokenizers, out: str) -> dict | None:

@@ -14,6 +14,7 @@ from typing import Iterable
 
 
 from ..table import ops
+from .parallel import ParallelPlan, plan_parallel, rank_file
 from ..sources.checkpoint import Checkpoint
 from ..table.config_rules import Translation, check_model_config, translate, translate_back
 from ..core.dtypes import dtype as _dtype
@@ -21,7 +22,7 @@ from ..table.edges import account, expand
 from ..core.errors import ConvertError
 from ..table.loader import select_for_hf, select_for_ms
 from ..table.schema import Table, describe_layers, layers_present
-from ..core.options import HF2MSOptions, MS2HFOptions
+from ..core.options import HF2MSOptions, MS2HFOptions, Parallel
 from ..formats.safetensors import shard_names
 
 
@@ -67,6 +68,7 @@ class Plan:
     hf_config: dict | None = None
     generation_config: dict | None = None
     widened_from: str | None = None   # hf2ms --device CPU: the half-precision dtype the weights were widened from
+    parallel: ParallelPlan | None = None   # hf2ms --parallel: which rank holds which part of each tensor
 
     @property
     def model_config(self) -> dict:
@@ -114,6 +116,13 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
     plan = Plan(source, table, options, translation, tensors, seen.skipped, seen.twins)
     if options.device == "CPU" and weights_dtype(source.tensors.values()) != mc["param_init_type"]:
         plan.widened_from = weights_dtype(source.tensors.values())
+    if options.parallel:
+        if options.max_shard_size:
+            raise ConvertError(f"--parallel {options.parallel}", "--max-shard-size cannot be combined with it: "
+                               "MindFormers loads one weight file per rank_K directory",
+                               "leave --max-shard-size out; each rank's file is already 1/M of the model")
+        plan.parallel = plan_parallel(Parallel.parse(options.parallel), edges.edges, mc, table.path,
+                                      source.config_file)
     assign_shards(plan)
     return plan
 
@@ -228,6 +237,9 @@ def refuse_layer_count(source: Checkpoint, patterns: list[str], num_layers: int,
 
 def assign_shards(plan: Plan) -> None:
     opts = plan.options
+    if plan.parallel is not None:
+        plan.weight_files = [rank_file(k, opts.format) for k in range(plan.parallel.ranks)]
+        return
     if opts.format == "ckpt":
         plan.weight_files = ["model.ckpt"]
         return

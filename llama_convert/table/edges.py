@@ -31,6 +31,8 @@ class Edge:
     dtype: str                   # role: "param" (param_init_type) or "norm" (layernorm_compute_type)
     layer: int | None            # None: a whole-model tensor
     part: int | None = None      # set: ms is this part of op's inverse of the one packed hf tensor
+    split: str | None = None     # --parallel: the table's split and stage words (schema.TensorRule)
+    stage: str | None = None
 
 
 @dataclass
@@ -86,7 +88,7 @@ def expand(table: Table, mc: dict, hf: dict) -> Edges:
             ms_shape = tuple(op.in_shapes(hf_shapes[0], ctx)[rule.part])
         for layer, name in layer_names(rule.name, mc["num_layers"]):
             edge = Edge(name, ms_shape, tuple(layer_name(s.name, layer) for s in specs), hf_shapes, rule.op,
-                        rule.dtype, layer, rule.part)
+                        rule.dtype, layer, rule.part, rule.split, rule.stage)
             keyed.append((-1 if layer is None else layer, order, edge))
     edges = Edges([e for *_, e in sorted(keyed, key=lambda k: k[:2])], fl, dm)
     _refuse_unused(table, edges)

@@ -185,6 +185,12 @@ class TensorRule(Record):
     # A packed HF tensor taken apart: this MindFormers tensor is part `part` of op's inverse of its one
     # source (the way back packs the parts with op). Every part must have its rule.
     part: int | None = None
+    # --parallel, as MindFormers' shard() cuts it over model_parallel: rows (output rows), columns
+    # (input columns), vocab (rows, only when vocab_emb_dp is false and the vocab divides), none (every
+    # card holds it whole). Unset: --parallel refuses the table rather than guess.
+    split: Literal["rows", "columns", "vocab", "none"] | None = None
+    # The pipeline stage of a whole-model tensor (a layer's tensors go with their layer).
+    stage: Literal["first", "last"] | None = None
 
 
 @record
@@ -303,6 +309,9 @@ def check(table: Table) -> None:
             raise fail(f"{where}: {LAYER} is in the name of {'it' if LAYER in rule.name else per_layer[0]} "
                        f"but not of {per_layer[0] if LAYER in rule.name else 'it'}",
                        "a tensor of every layer is made of tensors of the same layer")
+        if rule.stage is not None and LAYER in rule.name:
+            raise fail(f"{where}: stage: {rule.stage} on a tensor of every layer",
+                       "a layer's tensors go to the stage that holds the layer; stage: is for whole-model tensors")
     for a, b in table.tied_twins.items():
         if a not in table.hf_tensors or b not in table.hf_tensors:
             raise fail(f"tied_twins.{a}: {a} and {b} must both be hf_tensors keys")
