@@ -16,7 +16,9 @@ from .errors import ConvertError
 
 # Top-level module -> the extra of pyproject.toml that pins it.
 EXTRAS = {"torch": "torch", "mindspore": "verify", "mindformers": "verify", "transformers": "verify",
-          "safetensors": "verify", "ray": "ray"}
+          "safetensors": "verify", "ray": "ray",
+          # verify --adapter runs transformers with PEFT; the test extra pins both (conversion needs neither)
+          "peft": "test", "accelerate": "test"}
 
 
 def extra_for(module: str | None) -> str | None:
