@@ -27,9 +27,11 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                {"edges"},                                # one model's mapping, read both ways
                {"config_rules"}]),                       # the config rules, both ways
     ("sources", [{"", "checkpoint"},                     # what every reader returns
+                 {"adapter"},                            # LoRA adapters: PEFT directories, mindpet factors
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
-    ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
+    ("plan", [{"", "lora"},                               # a LoRA adapter beside its model, or merged into it
+              {"plan"}]),                                # every output tensor, both directions, and its file
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
                 {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
                 {"transaction"},                         # written aside, renamed into place

@@ -20,6 +20,7 @@ from ..formats.payload import same_bytes
 from ..formats.safetensors import SafetensorsWriter
 from .hashing import Hashes
 from .run_yaml import side_files
+from ..plan.lora import PEFT_FILE
 from .materialize import Materializer
 from .transaction import Transaction
 from ..plan.plan import Plan, PlannedTensor
@@ -45,7 +46,7 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
     files = {f: i for i, f in enumerate(plan.source.weight_files)}
 
     def position(pt: PlannedTensor) -> tuple[int, int]:
-        ref = plan.source.tensors[pt.sources[0]]
+        ref = plan.ref(pt.sources[0])
         offset = ref.ranges.segments[0][0] if ref.ranges is not None and ref.ranges.segments else 0
         return files.get(ref.file, 0), offset
     return sorted(tensors, key=position)
@@ -53,8 +54,9 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
 
 def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
     """The source file offset of a tensor that is copied unchanged from one contiguous range."""
-    ref = plan.source.tensors[pt.sources[0]]
-    if pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1:
+    ref = plan.ref(pt.sources[0])
+    if (pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1
+            or pt.sources[0] in plan.merges):
         return None
     return ref.ranges.segments[0][0]
 
@@ -91,6 +93,25 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def write_adapter(plan: Plan, tmp: Path, hashes: Hashes, progress: Progress) -> None:
+    """ms2hf of a LoRA checkpoint: the factors as a PEFT adapter in OUT_DIR/adapter/ (its config is a side file)."""
+    if not plan.adapter_tensors:
+        return
+    make = Materializer(plan)
+    path = tmp / PEFT_FILE
+    path.parent.mkdir()
+    members = plan.adapter_tensors
+    writer = SafetensorsWriter(path, [(t.name, t.dtype, t.shape) for t in members], {"format": "pt"},
+                               [copied_from(plan, t) for t in members])
+    hashes.follow(writer.path)
+    for pt in members:
+        writer.add(pt.name, make(pt))
+        progress.advance(pt.nbytes)
+    writer.close()
+    progress.file_done(PEFT_FILE, path.stat().st_size)
+    hashes.submit(path)
+
+
 def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
     """What OUT_DIR must stay clear of: the source as the user named it, and every file the plan reads."""
     return [Path(given) if given is not None else plan.source.root, *plan.source.input_files()]
@@ -98,7 +119,8 @@ def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
 
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
-    return (plan.total_bytes + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+    return (plan.total_bytes + sum(t.nbytes for t in plan.adapter_tensors)
+            + sum(p.stat().st_size for p in plan.source.tokenizer_files)
             + sum(len(text.encode()) for text in side_files(plan).values()))
 
 
@@ -116,14 +138,17 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             check_twins(plan)
             for path in plan.source.input_files():
                 hashes.submit(path)
-            progress.start(plan.total_bytes, f"{plan.direction} {out_dir.name}")
+            progress.start(plan.total_bytes + sum(t.nbytes for t in plan.adapter_tensors),
+                           f"{plan.direction} {out_dir.name}")
             write_weights(plan, tmp, hashes, progress)
+            write_adapter(plan, tmp, hashes, progress)
             hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
             for name, text in side_files(plan, out_dir).items():
+                (tmp / name).parent.mkdir(exist_ok=True)
                 (tmp / name).write_text(text)
-            outputs = [hashes.record(p) for p in sorted(tmp.iterdir())]
+            outputs = [hashes.record(p, str(p.relative_to(tmp))) for p in sorted(tmp.rglob("*")) if p.is_file()]
             record = provenance(plan, outputs, hashes)
             (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
             tx.commit()

@@ -79,30 +79,42 @@ def recorded_outputs(directory: Path) -> dict[str, int] | None:
     listed: dict[str, int] = {}
     for f in outputs:
         name, size = (f.get("name"), f.get("size")) if isinstance(f, dict) else (None, None)
-        if (not isinstance(name, str) or name in ("", ".", "..", CONVERSION_RECORD) or "/" in name or "\0" in name
-                or name in listed or type(size) is not int or size < 0):
+        if (not isinstance(name, str) or name in ("", ".", "..", CONVERSION_RECORD) or not _our_name(name)
+                or "\0" in name or name in listed or type(size) is not int or size < 0):
             return None
         listed[name] = size
     return listed
 
 
-def foreign_entries(directory: Path, listed: dict[str, int]) -> list[str]:
+# The one subdirectory an output of ours holds: ms2hf's PEFT adapter (OUT_DIR/adapter/).
+SUBDIRS = ("adapter",)
+
+
+def _our_name(name: str) -> bool:
+    """A file name an output of ours lists: a plain name, or one inside a subdirectory we write."""
+    parts = name.split("/")
+    return len(parts) == 1 or (len(parts) == 2 and parts[0] in SUBDIRS and parts[1] not in ("", ".", ".."))
+
+
+def foreign_entries(directory: Path, listed: dict[str, int], prefix: str = "") -> list[str]:
     """What a directory holds beyond the files `listed` with their sizes (and the record itself)."""
     found = []
     with os.scandir(directory) as entries:
         for e in sorted(entries, key=lambda e: e.name):
-            if e.name == CONVERSION_RECORD:
+            if e.name == CONVERSION_RECORD and not prefix:
                 continue
             if e.is_symlink():
-                found.append(f"{e.name} (a symbolic link)")
+                found.append(f"{prefix}{e.name} (a symbolic link)")
+            elif e.is_dir() and not prefix and e.name in SUBDIRS and any(n.startswith(f"{e.name}/") for n in listed):
+                found += foreign_entries(Path(e.path), listed, f"{e.name}/")
             elif e.is_dir():
-                found.append(f"{e.name}/")
+                found.append(f"{prefix}{e.name}/")
             elif not e.is_file():
-                found.append(f"{e.name} (not a regular file)")
-            elif e.name not in listed:
-                found.append(e.name)
-            elif (size := e.stat(follow_symlinks=False).st_size) != listed[e.name]:
-                found.append(f"{e.name} (changed since: {size} bytes, recorded {listed[e.name]})")
+                found.append(f"{prefix}{e.name} (not a regular file)")
+            elif prefix + e.name not in listed:
+                found.append(prefix + e.name)
+            elif (size := e.stat(follow_symlinks=False).st_size) != listed[prefix + e.name]:
+                found.append(f"{prefix}{e.name} (changed since: {size} bytes, recorded {listed[prefix + e.name]})")
     return found
 
 

@@ -29,7 +29,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
     src = plan.source
-    return {
+    record = {
         "tool": "llama-convert", "version": __version__, "direction": plan.direction,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
@@ -43,6 +43,11 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "skipped": plan.skipped,
         "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
     }
+    if plan.lora is not None:
+        record["adapter"] = {**plan.lora.record,
+                             "tensors": [pt.as_dict() for pt in plan.adapter_tensors],
+                             "merged_into": sorted(plan.merges)}
+    return record
 
 
 def plan_json(plan: Plan) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..formats.tensor import TensorRef
 
@@ -27,6 +28,13 @@ class Checkpoint:
     config_path: Path | None = None     # default: root/config.json
     non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
     recorded_table: str | None = None   # MindSpore side: the mapping table the YAML says it was written with
+    # LoRA (sources/adapter.py). HF side: the --adapter directory read (an adapter.Adapter). MindSpore
+    # side: mindpet's factors, kept apart from the model's tensors, the YAML's pet_config, and what
+    # hf2ms recorded of the PEFT adapter it came from (llama_convert.adapter in the YAML).
+    adapter: Any = None
+    lora: dict[str, TensorRef] = field(default_factory=dict)
+    pet_config: dict | None = None
+    adapter_record: dict | None = None
 
     @property
     def sharded(self) -> bool:
@@ -40,4 +48,5 @@ class Checkpoint:
         extra = [self.index_file] if self.index_file else []
         gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
         gen = [p for p in gen if p.exists()]
-        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
+        adapter = self.adapter.files if self.adapter is not None else []
+        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files, *adapter]
