@@ -136,7 +136,8 @@ def hf2ms(adapter: Adapter, edges: Edges, num_layers: int, dtype: str, device: s
         locals_in_order[_local(cell)] = min(locals_in_order.get(_local(cell), rank_of[edge.ms]), rank_of[edge.ms])
         lp.factors += [Factor(f"{cell}.{MINDPET_A}", a.shape, out_dtype, a, m.weight),
                        Factor(f"{cell}.{MINDPET_B}", b.shape, out_dtype, b, m.weight)]
-    _layers_alike(per_layer, num_layers, where, "target_modules regex" if not merge else "pattern")
+    if not merge:  # a merge changes the weights it adapts, whichever layers they are in
+        _layers_alike(per_layer, num_layers, where, "target_modules regex")
     lp.record = {"dir": str(adapter.root), "peft_type": "LORA", "rank": adapter.rank, "alpha": adapter.alpha,
                  "scale": adapter.scale, "modules": len(adapter.modules), "merged": merge, "notes": adapter.notes}
     if merge:
@@ -183,7 +184,8 @@ def ms2hf(lora: dict[str, TensorRef], pet: dict | None, record: dict | None, edg
         hf_modules.setdefault(_local(hf_module), len(hf_modules))
         lp.factors += [Factor(f"{PEFT_PREFIX}{hf_module}.lora_A.weight", a.shape, out_dtype, a, m.weight),
                        Factor(f"{PEFT_PREFIX}{hf_module}.lora_B.weight", b.shape, out_dtype, b, m.weight)]
-    _layers_alike(per_layer, num_layers, where, "target_modules regex")
+    if not merge:
+        _layers_alike(per_layer, num_layers, where, "target_modules regex")
     lp.record = {"rank": rank, "alpha": alpha, "scale": alpha / rank, "modules": len(modules), "merged": merge,
                  "target_modules": target}
     if not merge:

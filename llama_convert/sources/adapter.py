@@ -161,9 +161,12 @@ def check_factors(tensors: dict[str, TensorRef], m: LoraModule, path: Path) -> i
 def uniform_rank(tensors: dict[str, TensorRef], modules: list[LoraModule], cfg: dict, path: Path) -> int:
     ranks = {m.module: check_factors(tensors, m, path) for m in modules}
     if len(set(ranks.values())) > 1:
-        shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(ranks.items(), key=lambda kv: kv[1])[:2])
+        first = {}
+        for module, r in ranks.items():
+            first.setdefault(r, module.rsplit(".", 1)[-1])
+        shown = ", ".join(f"{k} r={r}" for r, k in sorted(first.items()))
         why = f"rank_pattern {cfg.get('rank_pattern')}" if cfg.get("rank_pattern") else "the factors"
-        raise _refuse(path, f"ranks differ between modules ({why}: {shown}, ...); MindFormers' pet_config states "
+        raise _refuse(path, f"ranks differ between modules ({why}: {shown}); MindFormers' pet_config states "
                       "one lora_rank for all")
     (rank,) = set(ranks.values())
     if not cfg.get("rank_pattern") and cfg.get("r") != rank:
