@@ -53,6 +53,9 @@ def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_s
     (Not named `verify`: that is the submodule's name, which importing it would rebind.)"""
     from .core.extras import needed_for
     with needed_for("verify", "verify"):  # torch, transformers, mindspore, mindformers: imported as it runs
+        if options is not None and options.adapter:
+            from .verify.adapter import verify_adapter
+            return verify_adapter(Path(hf_dir), Path(ms_dir), options)
         from .verify import verify as run
         return run(hf_dir, ms_dir, options, on_stage)
 

@@ -45,6 +45,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                 {"hf_side", "ms_side"},                  # the two sides
                 {"config_parity", "text"},               # configs, the text report
                 {"gate"},                                # one run, one verdict
+                {"adapter"},                             # --adapter: transformers + PEFT against pet_config
                 {""}]),                                  # its front door
     ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked
               {"", "manifest", "memory", "journal", "runner", "sources"},

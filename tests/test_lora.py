@@ -271,6 +271,37 @@ def test_an_adapter_of_another_model_and_merge_adapter_without_one_are_refused(a
     refused(run_cli("ms2hf", FIXTURES / "mha-untied-fp32", tmp_path / "x", "--merge-adapter"))
 
 
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_adapter_passes_on_the_conversion_and_fails_on_a_changed_factor(converted, adapters, tmp_path):
+    from llama_convert import verify_conversion
+    from llama_convert.verify import VerifyOptions
+    name = "bf16-all-r8"
+    fixture = FIXTURES / ADAPTERS[name][0]
+    report = verify_conversion(fixture, converted[name], VerifyOptions(adapter=str(adapters[name]), seq_len=16))
+    assert report.passed and report.logits_ratio <= 8, report.failures
+    changed = tmp_path / "changed"
+    shutil.copytree(adapters[name], changed)
+    from safetensors.torch import load_file, save_file
+    factors = load_file(changed / "adapter_model.safetensors")
+    key = sorted(k for k in factors if "layers.1.mlp.down_proj.lora_B" in k)[0]
+    factors[key] = factors[key] * 1.01
+    save_file(factors, changed / "adapter_model.safetensors", metadata={"format": "pt"})
+    report = verify_conversion(fixture, converted[name], VerifyOptions(adapter=str(changed), seq_len=16))
+    assert not report.passed and report.failures[0].startswith("lm_head: distance"), report.failures
+
+
+def test_verify_adapter_names_an_adapter_that_is_not_the_one_converted(converted, adapters):
+    from llama_convert import verify_conversion
+    from llama_convert.verify import VerifyOptions
+    name = "fp32-qv-down-r4"
+    other = adapters[name].parent / "refused-some_layers"   # q_proj of layer 0 only
+    report = verify_conversion(FIXTURES / ADAPTERS[name][0], converted[name],
+                               VerifyOptions(adapter=str(other), seq_len=8))
+    assert not report.passed and any(f.startswith("adapter: adapted modules") for f in report.failures)
+
+
 # ---------------------------------------------------------------- bulk
 
 
