@@ -292,6 +292,16 @@ def test_verify_adapter_passes_on_the_conversion_and_fails_on_a_changed_factor(c
     assert not report.passed and report.failures[0].startswith("lm_head: distance"), report.failures
 
 
+def test_verify_adapter_passes_on_a_merged_float32_conversion(adapters, tmp_path):
+    from llama_convert import verify_conversion
+    from llama_convert.verify import VerifyOptions
+    name = "fp32-qv-down-r4"
+    fixture, path = FIXTURES / ADAPTERS[name][0], str(adapters[name])
+    out = convert_hf2ms(fixture, tmp_path / "ms", HF2MSOptions(adapter=path, merge_adapter=True)).out_dir
+    report = verify_conversion(fixture, out, VerifyOptions(adapter=path, seq_len=8))
+    assert report.passed, report.failures
+
+
 def test_verify_adapter_names_an_adapter_that_is_not_the_one_converted(converted, adapters):
     from llama_convert import verify_conversion
     from llama_convert.verify import VerifyOptions

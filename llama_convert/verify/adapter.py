@@ -1,5 +1,6 @@
 """verify --adapter: transformers + PEFT (HF_DIR with ADAPTER_DIR) against MindFormers + pet_config (MS_DIR's
-model wrapped in mindpet's LoRA layers as its YAML says, every parameter, factors included, loaded strictly).
+model wrapped in mindpet's LoRA layers as its YAML says, every parameter, factors included, loaded strictly),
+or against MS_DIR's plain model when it holds the adapter merged (hf2ms --merge-adapter).
 
 The whole models run (no streaming: PEFT wraps the whole model), on CPU in float32 beside a float64 run
 of the PEFT model as the reference; the logits pass under the rule of every verify (within NOISE_FACTOR x
@@ -57,9 +58,6 @@ def verify_adapter(hf_dir: Path, ms_dir: Path, opts: VerifyOptions) -> VerifyRep
     ms_checkpoint_files(ms_dir)
     adapter = open_adapter_dir(Path(opts.adapter))
     hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
-    if not ms_plan.source.lora:
-        raise ConvertError(ms_dir, "holds no LoRA factors (mindpet_delta_lora_a/b) to compare with --adapter",
-                           "convert with hf2ms --adapter, or verify without --adapter")
     cfg, table = ms_plan.model_config, ms_plan.table
     seq_len = min(opts.seq_len, cfg.get("seq_length") or opts.seq_len)
     from .gate import seeded_tokens
@@ -73,7 +71,8 @@ def verify_adapter(hf_dir: Path, ms_dir: Path, opts: VerifyOptions) -> VerifyRep
     if not row["ok"] and not row["nonfinite"]:
         failures.append(f"lm_head: distance {row['distance']:.3g} from HF+PEFT run in float64 is {row['ratio']:.3g} x "
                         f"the float32 noise {row['noise']:.3g} (limit {NOISE_FACTOR:g} x)")
-    failures += [f"adapter: {d}" for d in adapter_differences(adapter, ms_plan)]
+    if ms_plan.source.lora:  # else MS_DIR holds the adapter merged (--merge-adapter): the numbers say it all
+        failures += [f"adapter: {d}" for d in adapter_differences(adapter, ms_plan)]
     m = logits_metrics(hf, got)
     report = VerifyReport(passed=not failures, device="CPU", dtype="float32",
                           tolerances={**tolerances("CPU", "float32"), "adapter": str(adapter.root)},
@@ -125,12 +124,11 @@ def _mindformers_logits(ms_dir: Path, ms_plan, batch: int, ids: np.ndarray) -> n
     length = ids.shape[1]
     overrides = {"batch_size": batch, "seq_length": length, "use_past": False,
                  **dict(table.mindformers.device["CPU"]), **FLOAT32_COMPUTE}
-    pet = {k: v for k, v in source.pet_config.items() if k != "pet_type"}
-    pet |= {"param_init_type": "float32", "compute_dtype": "float32"}
     try:
-        # LoraModel, not build_network's PetModel: that one also writes an adapter_config.json into
-        # MindFormers' output directory, which verify must not do.
-        net = LoraModel(LoraConfig(**pet), model_class(config_class(**{**ms_plan.model_config, **overrides})))
+        net = model_class(config_class(**{**ms_plan.model_config, **overrides}))
+        if source.lora:  # LoraModel, not build_network's PetModel: that one also writes an adapter_config.json
+            pet = {k: v for k, v in source.pet_config.items() if k != "pet_type"}  # into MindFormers' output dir
+            net = LoraModel(LoraConfig(**pet, param_init_type="float32", compute_dtype="float32"), net)
     except Exception as e:
         raise ConvertError(source.config_file, f"MindFormers cannot build {model_class.__name__} with this "
                            f"pet_config: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
