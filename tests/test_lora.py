@@ -172,6 +172,20 @@ def test_an_adapter_through_mindformers_and_back_keeps_every_byte_and_its_config
     assert {f["name"] for f in record["outputs"]} >= {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"}
 
 
+def test_diff_compares_the_factors_too(converted, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from llama_convert import diff_checkpoints
+    name = "fp32-qv-down-r4"
+    back = convert_ms2hf(converted[name], tmp_path / "hf").out_dir
+    assert diff_checkpoints(converted[name], back)["same"]
+    factors = load_file(back / "adapter/adapter_model.safetensors")
+    key = sorted(factors)[0]
+    factors[key][0, 0] += 1
+    save_file(factors, back / "adapter/adapter_model.safetensors", metadata={"format": "pt"})
+    r = diff_checkpoints(converted[name], back)
+    assert not r["same"] and key in json.dumps(r)
+
+
 def test_peft_loads_the_adapter_ms2hf_writes_and_a_force_rerun_replaces_that_output(converted, peft_logits, tmp_path):
     import torch
     from peft import PeftModel

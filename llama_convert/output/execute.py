@@ -78,38 +78,32 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         return
     for shard, fname in enumerate(plan.weight_files):
         members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
-        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata,
-                                   [copied_from(plan, t) for t in members])
-        hashes.follow(writer.path)
-        for pt in members:
-            writer.add(pt.name, make(pt))
-            progress.advance(pt.nbytes)
-        writer.close()
-        progress.file_done(fname, writer.path.stat().st_size)
-        hashes.submit(writer.path)
+        _write_safetensors(plan, make, members, tmp, fname, plan.weight_metadata, hashes, progress)
     if len(plan.weight_files) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_adapter(plan: Plan, tmp: Path, hashes: Hashes, progress: Progress) -> None:
-    """ms2hf of a LoRA checkpoint: the factors as a PEFT adapter in OUT_DIR/adapter/ (its config is a side file)."""
-    if not plan.adapter_tensors:
-        return
-    make = Materializer(plan)
-    path = tmp / PEFT_FILE
-    path.parent.mkdir()
-    members = plan.adapter_tensors
-    writer = SafetensorsWriter(path, [(t.name, t.dtype, t.shape) for t in members], {"format": "pt"},
+def _write_safetensors(plan: Plan, make: Materializer, members: list[PlannedTensor], tmp: Path, fname: str,
+                       metadata: dict[str, str], hashes: Hashes, progress: Progress) -> None:
+    writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], metadata,
                                [copied_from(plan, t) for t in members])
     hashes.follow(writer.path)
     for pt in members:
         writer.add(pt.name, make(pt))
         progress.advance(pt.nbytes)
     writer.close()
-    progress.file_done(PEFT_FILE, path.stat().st_size)
-    hashes.submit(path)
+    progress.file_done(fname, writer.path.stat().st_size)
+    hashes.submit(writer.path)
+
+
+def write_adapter(plan: Plan, tmp: Path, hashes: Hashes, progress: Progress) -> None:
+    """ms2hf of a LoRA checkpoint: the factors as a PEFT adapter in OUT_DIR/adapter/ (its config is a side file)."""
+    if plan.adapter_tensors:
+        (tmp / PEFT_FILE).parent.mkdir()
+        _write_safetensors(plan, Materializer(plan), plan.adapter_tensors, tmp, PEFT_FILE, {"format": "pt"},
+                           hashes, progress)
 
 
 def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
