@@ -32,7 +32,7 @@ REFUSED = {
     "dora": (dict(r=4, target_modules=["q_proj"], use_dora=True), ("DoRA",)),
     "modules_to_save": (dict(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]), ("modules_to_save",)),
     "rank_pattern": (dict(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}),
-                     ("rank_pattern", "v_proj r=2, q_proj r=4")),
+                     ("rank_pattern", "v_proj rank 2, q_proj rank 4")),
     "alpha_pattern": (dict(r=4, target_modules=["q_proj", "v_proj"], alpha_pattern={"v_proj": 32}), ("alpha_pattern",)),
     "lm_head": (dict(r=4, target_modules=["q_proj", "lm_head"]), ("lm_head", "lm_head")),
     "embedding": (dict(r=4, target_modules=["embed_tokens"]), ("embedding", "embed_tokens")),
@@ -220,19 +220,19 @@ def _float32(ref) -> np.ndarray:
     return to_float32(ref.read(), ref.dtype)
 
 
-@pytest.mark.parametrize("name", ["fp32-qv-down-r4", "bf16-all-r8"])
-def test_merge_adapter_equals_peft_merge_and_unload_within_two_ulp_of_the_inputs_scale(adapters, tmp_path, name):
+def _assert_merged_as_peft_merges(fixture: str, dtype: str, adapter: Path, tmp_path: Path) -> int:
+    """hf2ms --merge-adapter against PEFT's merge_and_unload() converted, tensor by tensor within the bound;
+    returns how many weights the merge changed."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    fixture, lora, dtype, _, _ = ADAPTERS[name]
     base = AutoModelForCausalLM.from_pretrained(FIXTURES / fixture, dtype=getattr(torch, dtype))
-    PeftModel.from_pretrained(base, adapters[name]).merge_and_unload().save_pretrained(tmp_path / "peft-merged")
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(tmp_path / "peft-merged")
     shutil.copy(FIXTURES / fixture / "config.json", tmp_path / "peft-merged/config.json")  # the same config as ours
     theirs = convert_hf2ms(tmp_path / "peft-merged", tmp_path / "theirs").out_dir
     ours = convert_hf2ms(FIXTURES / fixture, tmp_path / "ours",
-                         HF2MSOptions(adapter=str(adapters[name]), merge_adapter=True)).out_dir
-    assert "pet_config" not in (ours / "llama_config.yaml").read_text()
+                         HF2MSOptions(adapter=str(adapter), merge_adapter=True)).out_dir
+    assert "pet_config" not in yaml.safe_load((ours / "llama_config.yaml").read_text())["model"]["model_config"]
     plain = convert_hf2ms(FIXTURES / fixture, tmp_path / "plain").out_dir
     a, b, w = ({r.name: r for r in ckpt.scan(d / "model.ckpt")[0]} for d in (ours, theirs, plain))
     assert sorted(a) == sorted(b)
@@ -243,7 +243,20 @@ def test_merge_adapter_equals_peft_merge_and_unload_within_two_ulp_of_the_inputs
         bound = 2 * EPS[a[n].dtype] * (np.abs(w0) + np.abs(y - w0))
         assert (np.abs(x - y) <= bound).all(), n
         changed += not np.array_equal(x, w0)
+    return changed
+
+
+@pytest.mark.parametrize("name", ["fp32-qv-down-r4", "bf16-all-r8"])
+def test_merge_adapter_equals_peft_merge_and_unload_within_two_ulp_of_the_inputs_scale(adapters, tmp_path, name):
+    fixture, lora, dtype, _, _ = ADAPTERS[name]
+    changed = _assert_merged_as_peft_merges(fixture, dtype, adapters[name], tmp_path)
     assert changed == len(lora["target_modules"]) * 2  # every adapted weight of both layers, nothing else
+
+
+@pytest.mark.parametrize("name", ["rank_pattern", "alpha_pattern", "rslora_r2", "some_layers"])
+def test_what_pet_config_cannot_state_still_merges_as_peft_merges(adapters, tmp_path, name):
+    path = adapters["fp32-qv-down-r4"].parent / f"refused-{name}"
+    assert _assert_merged_as_peft_merges("mha-untied-fp32", "float32", path, tmp_path) >= 1
 
 
 def test_ms2hf_merge_adapter_writes_what_hf2ms_merge_adapter_writes(converted, adapters, tmp_path):
@@ -264,12 +277,6 @@ def test_ms2hf_merge_adapter_writes_what_hf2ms_merge_adapter_writes(converted, a
 def test_what_mindformers_lora_cannot_state_is_refused_by_name(adapters, tmp_path, name):
     path = adapters["fp32-qv-down-r4"].parent / f"refused-{name}"
     assert_rejected(tmp_path, FIXTURES / "mha-untied-fp32", *REFUSED[name][1], extra=("--adapter", str(path)))
-
-
-def test_an_adapter_on_some_layers_only_converts_merged(adapters, tmp_path):
-    path = adapters["fp32-qv-down-r4"].parent / "refused-some_layers"
-    assert run_cli("hf2ms", FIXTURES / "mha-untied-fp32", tmp_path / "ok", "--adapter", path,
-                   "--merge-adapter").returncode == 0
 
 
 def test_qkv_concat_with_an_unmerged_adapter_is_refused_and_merged_it_converts(adapters, tmp_path):
@@ -335,5 +342,5 @@ def test_a_bulk_manifest_row_takes_adapter_and_merge_adapter(adapters, tmp_path)
             {"src": str(FIXTURES / "mha-untied-fp32"), "out": "merged", "adapter": "lora", "merge_adapter": True}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert run_cli("bulk", tmp_path / "m.jsonl").returncode == 0
-    assert "pet_config" in (tmp_path / "unmerged/llama_config.yaml").read_text()
-    assert "pet_config" not in (tmp_path / "merged/llama_config.yaml").read_text()
+    assert "pet_config" in yaml.safe_load((tmp_path / "unmerged/llama_config.yaml").read_text())["model"]["model_config"]
+    assert "pet_config" not in yaml.safe_load((tmp_path / "merged/llama_config.yaml").read_text())["model"]["model_config"]

@@ -113,6 +113,8 @@ def _check_shapes(a: TensorRef, b: TensorRef, w_shape: tuple[int, ...], module: 
 def hf2ms(adapter: Adapter, edges: Edges, num_layers: int, dtype: str, device: str, merge: bool) -> LoraPlan:
     """A PEFT adapter onto a hf2ms plan's edges: mindpet factors and a pet_config, or merges."""
     where = adapter.files[-1]
+    if not merge:
+        adapter.statable()
     by_hf = {name: e for e in edges.edges for name in e.hf}
     rank_of = {e.ms: k for k, e in enumerate(edges.edges)}
     lp = LoraPlan()
@@ -125,7 +127,7 @@ def hf2ms(adapter: Adapter, edges: Edges, num_layers: int, dtype: str, device: s
         _check_shapes(a, b, edge.hf_shapes[edge.hf.index(m.weight)], m.module, where)
         per_layer.setdefault(edge.layer, set()).add(_local(m.module))
         if merge:
-            lp.merges[m.weight] = Merge(a, b, adapter.scale)
+            lp.merges[m.weight] = Merge(a, b, adapter.scales[m.module])
             continue
         if edge.op != "copy":
             raise ConvertError("--qkv-concat", f"{m.module} is adapted, and MindFormers' fused "
@@ -138,8 +140,10 @@ def hf2ms(adapter: Adapter, edges: Edges, num_layers: int, dtype: str, device: s
                        Factor(f"{cell}.{MINDPET_B}", b.shape, out_dtype, b, m.weight)]
     if not merge:  # a merge changes the weights it adapts, whichever layers they are in
         _layers_alike(per_layer, num_layers, where, "target_modules regex")
+    scales = sorted(set(adapter.scales.values()))
     lp.record = {"dir": str(adapter.root), "peft_type": "LORA", "rank": adapter.rank, "alpha": adapter.alpha,
-                 "scale": adapter.scale, "modules": len(adapter.modules), "merged": merge, "notes": adapter.notes}
+                 "scale": scales[0] if len(scales) == 1 else scales, "modules": len(adapter.modules), "merged": merge,
+                 "notes": adapter.notes}
     if merge:
         return lp
     by_order = sorted(locals_in_order, key=locals_in_order.get)

@@ -50,14 +50,18 @@ class Adapter:
     files: list[Path]            # what was read: the config and the weights
     tensors: dict[str, TensorRef]
     modules: list[LoraModule]
-    rank: int
-    alpha: float                 # MindFormers' lora_alpha (rsLoRA folded in: see fold_rslora)
+    scales: dict[str, float]     # module -> PEFT's scale (alpha/r, or alpha/sqrt(r)): what a merge multiplies by
     dropout: float
+    rank: int | None = None      # one rank and one alpha for all, as MindFormers' pet_config states them
+    alpha: float | None = None   # (rsLoRA folded in: see fold_rslora); None with `unstatable`
+    unstatable: ConvertError | None = None  # why pet_config cannot state this adapter (a merge still can)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
+    def statable(self) -> "Adapter":
+        """This adapter, or the refusal saying why MindFormers' pet_config cannot state it."""
+        if self.unstatable is not None:
+            raise self.unstatable
+        return self
 
 
 def _refuse(path: Path, problem: str, hint: str = _MERGE_HINT) -> ConvertError:
@@ -86,16 +90,27 @@ def open_adapter_dir(root: Path) -> Adapter:
         raise ConvertError(root, f"no adapter weights found (looked for {', '.join(ADAPTER_WEIGHTS)})")
     tensors = st.read_header(weights)[0] if weights.suffix == ".safetensors" else read_bin(weights)
     modules = peft_modules(tensors, weights)
-    rank = uniform_rank(tensors, modules, cfg, weights)
-    alpha = uniform_alpha(cfg, modules, cfg_path)
-    notes = []
-    if cfg.get("use_rslora"):
-        alpha = fold_rslora(alpha, rank, cfg_path)
-        notes.append(f"rsLoRA scale lora_alpha/sqrt(r) folded exactly into lora_alpha {alpha:g} (r = {rank})")
+    ranks = {m.module: check_factors(tensors, m, weights) for m in modules}
+    alphas = module_alphas(cfg, modules, cfg_path)
+    if not cfg.get("rank_pattern") and {cfg.get("r")} != set(ranks.values()):
+        raise ConvertError(weights, f"the factors have rank {sorted(set(ranks.values()))}, but adapter_config.json says "
+                           f"r: {cfg.get('r')!r}", "the adapter's config and weights do not belong together")
+    rslora = bool(cfg.get("use_rslora"))
+    scales = {m: alphas[m] / (math.sqrt(ranks[m]) if rslora else ranks[m]) for m in ranks}
     dropout = _number(cfg, "lora_dropout", cfg_path, 0.0)
     if not 0 <= dropout < 1:
         raise ConvertError(cfg_path, f"lora_dropout is {dropout}; expected a rate in [0, 1)")
-    return Adapter(root, cfg, [cfg_path, weights], tensors, modules, rank, alpha, dropout, notes)
+    adapter = Adapter(root, cfg, [cfg_path, weights], tensors, modules, scales, dropout)
+    try:
+        adapter.rank = uniform("rank", ranks, cfg.get("rank_pattern"), weights)
+        adapter.alpha = uniform("alpha", alphas, cfg.get("alpha_pattern"), cfg_path)
+        if rslora:
+            adapter.alpha = fold_rslora(adapter.alpha, adapter.rank, cfg_path)
+            adapter.notes.append(f"rsLoRA scale lora_alpha/sqrt(r) folded exactly into lora_alpha {adapter.alpha:g} "
+                                 f"(r = {adapter.rank})")
+    except ConvertError as e:
+        adapter.unstatable = e
+    return adapter
 
 
 def refuse_unstatable(cfg: dict, path: Path) -> None:
@@ -158,44 +173,41 @@ def check_factors(tensors: dict[str, TensorRef], m: LoraModule, path: Path) -> i
     return a[0]
 
 
-def uniform_rank(tensors: dict[str, TensorRef], modules: list[LoraModule], cfg: dict, path: Path) -> int:
-    ranks = {m.module: check_factors(tensors, m, path) for m in modules}
-    if len(set(ranks.values())) > 1:
-        first = {}
-        for module, r in ranks.items():
-            first.setdefault(r, module.rsplit(".", 1)[-1])
-        shown = ", ".join(f"{k} r={r}" for r, k in sorted(first.items()))
-        why = f"rank_pattern {cfg.get('rank_pattern')}" if cfg.get("rank_pattern") else "the factors"
-        raise _refuse(path, f"ranks differ between modules ({why}: {shown}); MindFormers' pet_config states "
-                      "one lora_rank for all")
-    (rank,) = set(ranks.values())
-    if not cfg.get("rank_pattern") and cfg.get("r") != rank:
-        raise ConvertError(path, f"the factors have rank {rank}, but adapter_config.json says r: {cfg.get('r')!r}",
-                           "the adapter's config and weights do not belong together")
-    return rank
+def uniform(what: str, values: dict[str, float], pattern: object, path: Path) -> float:
+    """The one rank (or alpha) of every module, or the refusal naming the pattern that varies it."""
+    if len(set(values.values())) > 1:
+        first: dict = {}
+        for module, v in values.items():
+            first.setdefault(v, module.rsplit(".", 1)[-1])
+        shown = ", ".join(f"{k} {what} {v:g}" for v, k in sorted(first.items()))
+        why = f"{what}_pattern {pattern}" if pattern else "the factors"
+        raise _refuse(path, f"modules have different {what}s ({why}: {shown}); MindFormers' pet_config states one "
+                      f"lora_{what} for all", f"pass --merge-adapter to merge it into the weights")
+    return next(iter(values.values()))
 
 
 def _pattern_value(pattern: dict, module: str, default: float, path: Path) -> float:
     """PEFT's rule: a pattern key names a module when it matches the end of its path at a dot."""
-    found = {v for k, v in pattern.items() if module == k or re.fullmatch(rf"(.*\.)?({k})", module)}
+    try:
+        found = {v for k, v in pattern.items() if module == k or re.fullmatch(rf"(.*\.)?({k})", module)}
+    except re.error as e:
+        raise ConvertError(path, f"alpha_pattern has a key that is not a regular expression ({e})") from None
     if len(found) > 1:
-        raise _refuse(path, f"alpha_pattern gives {module} more than one alpha ({sorted(found)})")
+        raise ConvertError(path, f"alpha_pattern gives {module} more than one alpha ({sorted(found)})")
     return found.pop() if found else default
 
 
-def uniform_alpha(cfg: dict, modules: list[LoraModule], path: Path) -> float:
+def module_alphas(cfg: dict, modules: list[LoraModule], path: Path) -> dict[str, float]:
     alpha = _number(cfg, "lora_alpha", path, 8)
     pattern = cfg.get("alpha_pattern") or {}
     if not isinstance(pattern, dict):
         raise ConvertError(path, f"alpha_pattern is {pattern!r:.60}; expected a mapping")
-    found = {_pattern_value(pattern, m.module, alpha, path) for m in modules}
-    if len(found) > 1:
-        raise _refuse(path, f"alpha_pattern {pattern} gives the adapted modules different alphas "
-                      f"({sorted(found)}); MindFormers' pet_config states one lora_alpha for all")
-    alpha = found.pop()
-    if alpha == 0:
-        raise ConvertError(path, "lora_alpha is 0: the adapter changes nothing, and MindFormers refuses it")
-    return alpha
+    alphas = {m.module: _pattern_value(pattern, m.module, alpha, path) for m in modules}
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a != 0
+               for a in alphas.values()):
+        raise ConvertError(path, f"lora_alpha or alpha_pattern gives an alpha of {sorted(set(alphas.values()))}; "
+                           "expected numbers other than 0")
+    return alphas
 
 
 def fold_rslora(alpha: float, rank: int, path: Path) -> float:
@@ -205,7 +217,7 @@ def fold_rslora(alpha: float, rank: int, path: Path) -> float:
     root = math.isqrt(rank)
     if root * root != rank:
         raise _refuse(path, f"uses rsLoRA (scale lora_alpha/sqrt(r)) with r = {rank}, not a square: MindFormers' "
-                      "lora_alpha/r cannot state that scale exactly")
+                      "lora_alpha/r cannot state that scale exactly", "pass --merge-adapter to merge it into the weights")
     folded = alpha * root
     if folded / rank != alpha / math.sqrt(rank):
         raise _refuse(path, f"uses rsLoRA with lora_alpha {alpha}: folding it into MindFormers' lora_alpha "

@@ -33,6 +33,8 @@ def adapter_differences(adapter, ms_plan) -> list[str]:
     """Where ADAPTER_DIR is not the adapter MS_DIR's pet_config and factors state."""
     source = ms_plan.source
     rank, alpha, _, _ = pet_settings(source.pet_config, source.config_file)
+    if adapter.unstatable is not None:
+        return [adapter.unstatable.problem]
     differ = []
     if (adapter.rank, adapter.alpha) != (rank, alpha):
         differ.append(f"adapter r {adapter.rank}, alpha {adapter.alpha:g} vs pet_config lora_rank {rank}, "
