@@ -123,6 +123,19 @@ def test_hf2ms_writes_the_factors_under_mindpet_names_and_a_pet_config_for_exact
         assert pet["param_init_type"] == next(iter(source.values()))[0]  # so a strict load takes them as they are
 
 
+def test_factors_in_another_dtype_than_the_model_load_strictly_as_they_are(ms, converted):
+    from mindformers import MindFormerConfig
+    from mindformers.models.build_model import build_network
+    out = converted["fp32-on-bf16-ko-up-r2-bin"]   # float32 factors on a bfloat16 model, Ascend settings
+    config = MindFormerConfig(str(out / "llama_config.yaml"))
+    config.model.model_config.checkpoint_name_or_path = None
+    net = build_network(config.model)
+    assert ms.load_param_into_net(net, ms.load_checkpoint(str(out / "model.ckpt")), strict_load=True) == ([], [])
+    dtypes = {p.name.rsplit(".", 1)[1]: str(p.dtype) for p in net.get_parameters() if ".wk." in p.name}
+    assert dtypes | {"bias": None} == {"weight": "BFloat16", "bias": None, "mindpet_delta_lora_a": "Float32",
+                                       "mindpet_delta_lora_b": "Float32"}
+
+
 @pytest.fixture(scope="module")
 def peft_logits(adapters):
     """transformers + PEFT in float32 on seeded tokens, per adapter."""
