@@ -336,6 +336,12 @@ def test_verify_adapter_passes_on_a_merged_float32_conversion(adapters, tmp_path
     assert report.passed, report.failures
 
 
+def test_verify_without_adapter_on_a_lora_conversion_says_to_give_it(converted):
+    from llama_convert import ConvertError, verify_conversion
+    with pytest.raises(ConvertError, match="--adapter ADAPTER_DIR"):
+        verify_conversion(FIXTURES / "mha-untied-fp32", converted["fp32-qv-down-r4"])
+
+
 def test_verify_adapter_names_an_adapter_that_is_not_the_one_converted(converted, adapters):
     from llama_convert import verify_conversion
     from llama_convert.verify import VerifyOptions

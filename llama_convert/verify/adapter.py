@@ -59,7 +59,7 @@ def verify_adapter(hf_dir: Path, ms_dir: Path, opts: VerifyOptions) -> VerifyRep
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
     ms_checkpoint_files(ms_dir)
     adapter = open_adapter_dir(Path(opts.adapter))
-    hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
+    hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir, adapter=True)
     cfg, table = ms_plan.model_config, ms_plan.table
     seq_len = min(opts.seq_len, cfg.get("seq_length") or opts.seq_len)
     from .gate import seeded_tokens
