@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..core.dtypes import cast, to_float32
 from ..core.errors import ConvertError
 from ..formats.tensor import TensorRef
-from ..sources.adapter import (MINDPET_A, MINDPET_B, PEFT_PREFIX, Adapter, LoraModule, check_factors,
+from ..sources.adapter import (MINDPET_A, MINDPET_B, PEFT_PREFIX, Adapter, check_factors,
                                mindpet_modules, pet_settings)
 from ..table.edges import Edge, Edges
 
@@ -215,10 +215,10 @@ def peft_config(rank: int, alpha: float, dropout: float, target: str, targets: l
 def merged(weight: np.ndarray, weight_dtype: str, merge: Merge, out_dtype: str) -> np.ndarray:
     """W + scale * B @ A in float32 from exactly widened inputs, rounded once to out_dtype."""
     import numpy as np
+    if not math.isfinite(merge.scale):
+        raise ConvertError(merge.a.file, f"the LoRA scale is {merge.scale}")
     w = to_float32(weight, weight_dtype).astype(np.float32, copy=True)
     a = to_float32(merge.a.read(), merge.a.dtype)
     b = to_float32(merge.b.read(), merge.b.dtype)
-    w += (b @ a) * np.float32(merge.scale)
-    if not math.isfinite(merge.scale):
-        raise ConvertError(merge.a.file, f"the LoRA scale is {merge.scale}")
+    w += (b @ a) * np.float32(merge.scale)   # PEFT's order: the delta, scaled, then the sum
     return cast(w.reshape(weight.shape), "float32", out_dtype)

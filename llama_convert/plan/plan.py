@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
-
-from pathlib import Path
 
 from ..table import ops
 from . import lora
