@@ -93,6 +93,9 @@ def verify_conversion(hf_dir: str | Path, ms_dir: str | Path, options=None, on_s
     from .core.extras import needed_for
     hf_dir = resolve_source(hf_dir, source)
     with needed_for("verify", "verify"), frameworks_quiet():  # torch, transformers, mindspore, mindformers: imported as it runs
+        if options is not None and options.adapter:
+            from .verify.adapter import verify_adapter
+            return verify_adapter(Path(hf_dir), Path(ms_dir), options)
         from .verify import verify as run
         return run(hf_dir, ms_dir, options, on_stage)
 

@@ -240,7 +240,7 @@ def hf2ms(src_dir: Path, out_dir: Path, dry_run: bool, force: bool, then_verify:
             _echo(json.dumps(summary, indent=2) if as_json else report.result_text(result.plan, result))
         return
     from .verify import report_text, sanitize
-    checked = api.verify_conversion(src_dir, out_dir)
+    checked = api.verify_conversion(src_dir, out_dir, VerifyOptions(adapter=opts.adapter) if opts.adapter else None)
     if as_json:
         _echo(json.dumps({**summary, "verify": sanitize(checked.as_dict())}, indent=2))
     elif not _quiet():

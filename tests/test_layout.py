@@ -27,9 +27,10 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                {"edges"},                                # one model's mapping, read both ways
                {"config_rules"}]),                       # the config rules, both ways
     ("sources", [{"", "checkpoint", "hub"},              # what every reader returns; hub ids -> a snapshot
+                 {"adapter"},                            # LoRA adapters: PEFT directories, mindpet factors
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
                  {"detect"}]),                           # which side a path is
-    ("plan", [{"", "parallel"},                           # --parallel: which rank holds which part of a tensor
+    ("plan", [{"", "parallel", "lora"},                   # --parallel: which rank holds which part of a tensor; LoRA
               {"plan"}]),                                # every output tensor, both directions, and its file
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256
                 {"out_dir"},                             # OUT_DIR checked: overlap, what --force replaces
@@ -44,6 +45,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                 {"hf_side", "ms_side", "generate"},      # the two sides; MindFormers' generation from a YAML
                 {"config_parity", "text", "junit", "plot"},  # configs; the report as text, JUnit XML, a plot
                 {"gate"},                                # one run, one verdict
+                {"adapter"},                             # --adapter: transformers + PEFT against pet_config
                 {""}]),                                  # its front door
     ("bulk", [{"overlap", "options"},                    # which paths of a run nest; what a run is asked
               {"", "manifest", "memory", "journal", "runner", "sources"},

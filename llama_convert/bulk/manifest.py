@@ -11,6 +11,8 @@ regular file) makes that row `invalid`, with its line and key, and the other row
 """
 from __future__ import annotations
 
+import dataclasses
+
 import codecs
 import csv
 import difflib
@@ -396,6 +398,9 @@ def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str]
             **{k: checked[k] for k in allowed if k in checked and k != "config"})
     except ValueError as e:
         bad.append(str(e))
+    if getattr(options, "adapter", None) and not Path(options.adapter).is_absolute():
+        # a path like src: relative to the manifest, not to wherever bulk is started
+        options = dataclasses.replace(options, adapter=str(manifest.parent / options.adapter))
     paths: dict[str, Path] = {}
     for k in PATH_KEYS:
         if k in checked and (k != "config" or direction == "ms2hf"):

@@ -32,7 +32,8 @@ def verify(spec: dict) -> int:
     hf, ms = (spec["src"], spec["out"]) if spec["direction"] == "hf2ms" else (spec["out"], spec["src"])
     # Streamed: bounded by one stage whatever the model's size, so the admission estimate holds even
     # when other rows run beside it (verify's own choice would look only at the memory free at its start).
-    report = verify_conversion(hf, ms, VerifyOptions(stream=True))
+    adapter = spec["options"].get("adapter")   # hf2ms --adapter: transformers + PEFT are the truth (whole models)
+    report = verify_conversion(hf, ms, VerifyOptions(adapter=adapter) if adapter else VerifyOptions(stream=True))
     print(json.dumps(sanitize(report.as_dict())))
     return 0 if report.passed else 1
 

@@ -26,6 +26,8 @@ from ..plan.plan import build_ms2hf_plan, build_plan
 from ..sources.detect import is_mindspore
 from ..sources.hf import open_hf_dir
 from ..sources.ms import open_ms_dir
+from ..plan.lora import PEFT_FILE
+from ..formats import safetensors as st
 
 CHUNK = 1 << 22  # elements compared at once: the masks and float64 differences stay a few tens of MB
 
@@ -47,11 +49,14 @@ def hf_view(path: Path) -> View:
         plan = build_ms2hf_plan(open_ms_dir(path), MS2HFOptions())
         make = Materializer(plan)
         stored = [replace(pt, dtype=pt.source_dtypes[0]) if len(set(pt.source_dtypes)) == 1 else pt
-                  for pt in plan.tensors]
+                  for pt in plan.tensors + plan.adapter_tensors]   # LoRA factors under PEFT's names
         return View("ms", {pt.name: (pt.shape, pt.dtype, _loader(make, pt)) for pt in stored})
     plan = build_plan(open_hf_dir(path), HF2MSOptions())
     left_out = {s["name"] for s in plan.skipped}
     tensors = {n: (r.shape, r.dtype, _ref_loader(r)) for n, r in plan.source.tensors.items() if n not in left_out}
+    adapter = path / PEFT_FILE   # what ms2hf writes of a LoRA checkpoint: compared too, never passed over
+    if adapter.exists():
+        tensors |= {n: (r.shape, r.dtype, _ref_loader(r)) for n, r in st.read_header(adapter)[0].items()}
     return View("hf", tensors)
 
 

@@ -18,7 +18,9 @@ from .errors import ConvertError
 
 # Top-level module -> the extra of pyproject.toml that pins it.
 EXTRAS = {"torch": "torch", "mindspore": "verify", "mindformers": "verify", "transformers": "verify",
-          "safetensors": "verify", "ray": "ray", "huggingface_hub": "hub", "matplotlib": "plot"}
+          "safetensors": "verify", "ray": "ray", "huggingface_hub": "hub", "matplotlib": "plot",
+          # verify --adapter runs transformers with PEFT; the test extra pins both (conversion needs neither)
+          "peft": "test", "accelerate": "test"}
 
 
 def extra_for(module: str | None) -> str | None:

@@ -274,6 +274,10 @@ class HF2MSOptions(Options):
     parallel: str | None = option(None, "Cut the output for D*M*P cards: rank_K/ per card, the strategy files and a "
                                   "parallel YAML (model_parallel M, pipeline_stage P, data_parallel D).",
                                   parse=parallel, metavar="mp=M[,pp=P][,dp=D]", default_text="one card")
+    adapter: str | None = option(None, "A PEFT LoRA adapter directory of this model: written beside it as mindpet's "
+                                 "factors with a pet_config in the YAML.", metavar="ADAPTER_DIR")
+    merge_adapter: bool = option(False, "Merge --adapter into the weights instead: W + (alpha/r) B A in float32, "
+                                 "rounded once; no pet_config.")
     ckpt_slice_bytes: int | None = None    # None: MindSpore's 512 MiB
     ckpt_align_min_bytes: int | None = None  # None: copied tensors from 400 KiB up are padded into alignment
 
@@ -316,6 +320,8 @@ class MS2HFOptions(Options):
                                default_text="the one the YAML records, else llama")
     hash: bool = option(True, "sha256 of every input and output file in conversion.json (costs a read of each).",
                         negatable=True)
+    merge_adapter: bool = option(False, "A checkpoint with mindpet LoRA factors: merge them into the weights "
+                                 "(W + (alpha/r) B A in float32, rounded once) instead of writing OUT_DIR/adapter/.")
 
     # What the writers ask of any plan's options; fixed for this direction.
     format = "safetensors"

@@ -20,6 +20,7 @@ from ..formats.payload import same_bytes
 from ..formats.safetensors import HF_INDEX, NAME_MAP, SafetensorsWriter, weight_map_text
 from .hashing import Hashes
 from .run_yaml import side_files
+from ..plan.lora import PEFT_FILE
 from .materialize import Materializer
 from .ranks import rank_bytes, write_ranks
 from .transaction import Transaction
@@ -46,7 +47,7 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
     files = {f: i for i, f in enumerate(plan.source.weight_files)}
 
     def position(pt: PlannedTensor) -> tuple[int, int]:
-        ref = plan.source.tensors[pt.sources[0]]
+        ref = plan.ref(pt.sources[0])
         offset = ref.ranges.segments[0][0] if ref.ranges is not None and ref.ranges.segments else 0
         return files.get(ref.file, 0), offset
     return sorted(tensors, key=position)
@@ -54,8 +55,9 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
 
 def copied_from(plan: Plan, pt: PlannedTensor) -> int | None:
     """The source file offset of a tensor that is copied unchanged from one contiguous range."""
-    ref = plan.source.tensors[pt.sources[0]]
-    if pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1:
+    ref = plan.ref(pt.sources[0])
+    if (pt.op != "copy" or pt.cast or ref.ranges is None or len(ref.ranges.segments) != 1
+            or pt.sources[0] in plan.merges):
         return None
     return ref.ranges.segments[0][0]
 
@@ -80,15 +82,7 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         return
     for shard, fname in enumerate(plan.weight_files):
         members = source_order(plan, [pt for pt in plan.tensors if pt.shard == shard])
-        writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], plan.weight_metadata,
-                                   [copied_from(plan, t) for t in members])
-        hashes.follow(writer.path)
-        for pt in members:
-            writer.add(pt.name, make(pt))
-            progress.advance(pt.nbytes)
-        writer.close()
-        progress.file_done(fname, writer.path.stat().st_size)
-        hashes.submit(writer.path)
+        _write_safetensors(plan, make, members, tmp, fname, plan.weight_metadata, hashes, progress)
     if index := index_file(plan):
         (tmp / index[0]).write_text(index[1])
 
@@ -101,6 +95,27 @@ def index_file(plan: Plan) -> tuple[str, str] | None:
         return None
     weight_map = {pt.name: plan.weight_files[pt.shard] for pt in plan.tensors}
     return NAME_MAP if plan.direction == "hf2ms" else HF_INDEX, weight_map_text(plan.total_bytes, weight_map)
+
+
+def _write_safetensors(plan: Plan, make: Materializer, members: list[PlannedTensor], tmp: Path, fname: str,
+                       metadata: dict[str, str], hashes: Hashes, progress: Progress) -> None:
+    writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], metadata,
+                               [copied_from(plan, t) for t in members])
+    hashes.follow(writer.path)
+    for pt in members:
+        writer.add(pt.name, make(pt))
+        progress.advance(pt.nbytes)
+    writer.close()
+    progress.file_done(fname, writer.path.stat().st_size)
+    hashes.submit(writer.path)
+
+
+def write_adapter(plan: Plan, tmp: Path, hashes: Hashes, progress: Progress) -> None:
+    """ms2hf of a LoRA checkpoint: the factors as a PEFT adapter in OUT_DIR/adapter/ (its config is a side file)."""
+    if plan.adapter_tensors:
+        (tmp / PEFT_FILE).parent.mkdir()
+        _write_safetensors(plan, Materializer(plan), plan.adapter_tensors, tmp, PEFT_FILE, {"format": "pt"},
+                           hashes, progress)
 
 
 def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
@@ -116,7 +131,8 @@ def weight_bytes(plan: Plan) -> int:
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
     index = index_file(plan)
-    return (weight_bytes(plan) + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+    return (weight_bytes(plan) + sum(t.nbytes for t in plan.adapter_tensors)
+            + sum(p.stat().st_size for p in plan.source.tokenizer_files)
             + sum(len(text.encode()) for text in side_files(plan).values()) + (len(index[1].encode()) if index else 0))
 
 
@@ -134,12 +150,15 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             check_twins(plan)
             for path in plan.source.input_files():
                 hashes.submit(path)
-            progress.start(weight_bytes(plan), f"{plan.direction} {out_dir.name}")
+            progress.start(weight_bytes(plan) + sum(t.nbytes for t in plan.adapter_tensors),
+                           f"{plan.direction} {out_dir.name}")
             write_weights(plan, tmp, hashes, progress)
+            write_adapter(plan, tmp, hashes, progress)
             hashes.check_hub_blobs(plan.source.input_files())
             for path in plan.source.tokenizer_files:
                 shutil.copyfile(path, tmp / path.name)
             for name, text in side_files(plan, out_dir).items():
+                (tmp / name).parent.mkdir(exist_ok=True)
                 (tmp / name).write_text(text)
             outputs = [hashes.record(p, str(p.relative_to(tmp))) for p in sorted(tmp.rglob("*")) if p.is_file()]
             record = provenance(plan, outputs, hashes)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..core.dtypes import cast, dtype as dtype_info
 from ..formats.payload import Cast, InMemory, Payload, Runs, Scatter
+from ..plan.lora import merged
 from ..plan.plan import Plan, PlannedTensor
 from ..table import ops
 
@@ -27,8 +28,10 @@ class Materializer:
         self._split: tuple[str, list[np.ndarray]] | None = None
 
     def __call__(self, pt: PlannedTensor) -> Payload:
-        refs = [self.plan.source.tensors[s] for s in pt.sources]
+        refs = [self.plan.ref(s) for s in pt.sources]
         src_dtype = refs[0].dtype
+        if any(s in self.plan.merges for s in pt.sources):
+            return self._in_memory(pt, refs)
         if pt.op == "copy":
             payload = refs[0].payload()
         elif self._streamable(pt, refs):
@@ -57,11 +60,16 @@ class Materializer:
     def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
         op, ctx = ops.get(pt.op), self.plan.op_context()
         if pt.part is None:
-            return InMemory(op.forward([cast(r.read(), r.dtype, pt.dtype) for r in refs], ctx))
+            return InMemory(op.forward([self._read(r, pt.dtype) for r in refs], ctx))
         (ref,) = refs
         if self._split is None or self._split[0] != ref.name:  # q, k, v come from one w_qkv: split it once
-            self._split = (ref.name, op.inverse(cast(ref.read(), ref.dtype, pt.dtype), ctx))
+            self._split = (ref.name, op.inverse(self._read(ref, pt.dtype), ctx))
         return InMemory(self._split[1][pt.part])
+
+    def _read(self, ref, dtype: str) -> np.ndarray:
+        """A source tensor in `dtype`: cast, or with a LoRA delta merged in (rounded once to `dtype`)."""
+        merge = self.plan.merges.get(ref.name)
+        return cast(ref.read(), ref.dtype, dtype) if merge is None else merged(ref.read(), ref.dtype, merge, dtype)
 
 
 def _bytes(placed: list[tuple[int, int]], item: int) -> tuple[list[int], list[int]]:

@@ -12,6 +12,7 @@ from .run_yaml import model_yaml, side_files
 
 TEXT_TOKENIZERS = {"tokenizer.model", "tokenizer.json"}   # what MindFormers' tokenizer classes can be built from
 from ..core.paths import resolved
+from ..plan.lora import PEFT_FILE
 from ..plan.plan import Plan, weights_dtype
 from ..sources.hub import hub_origin
 from ..core.version import __version__
@@ -34,7 +35,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
     src = plan.source
-    return {
+    record = {
         "tool": "llama-convert", "version": __version__, "direction": plan.direction,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mapping_table": {"name": plan.table.name, "file": plan.table.path.name, "sha256": plan.table.sha256},
@@ -51,12 +52,24 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
                         "reason": "--device CPU: MindSpore's CPU kernels have no half precision"}}
            if plan.widened_from else {}),
     }
+    if plan.lora is not None:
+        record["adapter"] = adapter_json(plan)
+    return record
+
+
+def adapter_json(plan: Plan) -> dict | None:
+    """What was done with a LoRA adapter: its rank, alpha and scale, the factors written, the weights merged."""
+    if plan.lora is None:
+        return None
+    return {**plan.lora.record, "tensors": [t.as_dict() for t in plan.adapter_tensors],
+            "merged_into": sorted(plan.merges)}
 
 
 def plan_json(plan: Plan) -> dict:
     return {"dry_run": True, "source": str(plan.source.root), "options": plan.options.as_dict(),
             "weight_files": plan.weight_files, "tensor_count": len(plan.tensors), "total_bytes": plan.total_bytes,
             "tensors": [t.as_dict() for t in plan.tensors], "skipped": plan.skipped,
+            "adapter": adapter_json(plan),
             "model_yaml": model_yaml(plan) if plan.direction == "hf2ms" else None,
             "extra_files": side_files(plan), "ignored_config_keys": plan.translation.ignored,
             "notes": plan.translation.notes}
@@ -64,9 +77,11 @@ def plan_json(plan: Plan) -> dict:
 
 def plan_text(plan: Plan) -> str:
     rows = [(t.name, "x".join(map(str, t.shape)), t.dtype + (f" (cast {t.cast})" if t.cast else ""),
-             t.op, ", ".join(t.sources)) for t in plan.tensors]
+             t.op + (" + LoRA" if any(x in plan.merges for x in t.sources) else ""), ", ".join(t.sources))
+            for t in plan.tensors + plan.adapter_tensors]
     widths = [max(len(r[i]) for r in rows + [("name", "shape", "dtype", "op", "")]) for i in range(4)]
-    lines = [f"plan: {plan.source.root} -> {', '.join(plan.weight_files)} (dry run, nothing written)", ""]
+    files = plan.weight_files + ([PEFT_FILE] if plan.adapter_tensors else [])
+    lines = [f"plan: {plan.source.root} -> {', '.join(files)} (dry run, nothing written)", ""]
     lines.append("  ".join(h.ljust(w) for h, w in zip(("name", "shape", "dtype", "op"), widths)) + "  sources")
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])

@@ -13,6 +13,7 @@ from ..core.errors import ConvertError, printable
 from ..core.paths import resolved
 from ..core.version import __version__
 from ..formats.files import read_small
+from ..plan.lora import PEFT_CONFIG
 from ..plan.plan import Plan
 from ..table.schema import Tokenizers
 
@@ -22,8 +23,11 @@ def side_files(plan: Plan, out_dir: Path | None = None) -> dict[str, str]:
     estimated) the YAML names OUT_DIR by the placeholder <OUT_DIR>."""
     if plan.direction == "hf2ms":
         return {plan.table.mindformers.yaml: yaml_text(plan, out_dir)}
-    return {"config.json": json.dumps(plan.hf_config, indent=2) + "\n",
-            "generation_config.json": json.dumps(plan.generation_config, indent=2) + "\n"}
+    files = {"config.json": json.dumps(plan.hf_config, indent=2) + "\n",
+             "generation_config.json": json.dumps(plan.generation_config, indent=2) + "\n"}
+    if plan.lora is not None and plan.lora.adapter_config is not None:
+        files[PEFT_CONFIG] = json.dumps(plan.lora.adapter_config, indent=2) + "\n"
+    return files
 
 
 def model_yaml(plan: Plan, out_dir: Path | None = None) -> dict:
@@ -53,12 +57,13 @@ def model_yaml(plan: Plan, out_dir: Path | None = None) -> dict:
     run["context"] = dict(mf.context[device])
     run["trainer"] = {"type": mf.trainer.type, "model_name": mf.trainer.model_name}
     run["model"] = {"model_config": model_config, "arch": {"type": mf.model_class}}
+    add_pet_config(plan, run)
     tokenizer = tokenizer_section(plan.source.tokenizer_files, mf.tokenizer, out)
     if tokenizer is not None:
         run["processor"] = {"return_tensors": "ms", "tokenizer": tokenizer, "type": mf.processor}
     if plan.parallel is not None:
         parallel_settings(plan, run, out)
-    run["llama_convert"] = {"table": plan.table.name, "version": __version__}
+    run["llama_convert"] = {"table": plan.table.name, "version": __version__, **run.pop("llama_convert", {})}
     return run
 
 
@@ -107,6 +112,15 @@ def parallel_settings(plan: Plan, run: dict, out: str) -> None:
                               "vocab_emb_dp": par.spec.vocab_emb_dp, "use_seq_parallel": False,
                               "gradient_aggregation_group": 4}
     run["micro_batch_interleave_num"] = 1
+
+
+def add_pet_config(plan: Plan, run: dict) -> None:
+    """An unmerged --adapter: MindFormers' pet_config in model_config (build_network wraps the model in
+    mindpet's LoRA layers by it), and the PEFT config it came from, for the way back."""
+    if plan.lora is None or plan.lora.pet_config is None:
+        return
+    run["model"]["model_config"]["pet_config"] = dict(plan.lora.pet_config)
+    run["llama_convert"] = {"adapter": plan.lora.yaml_record}
 
 
 def tokenizer_section(files: list[Path], classes: Tokenizers, out: str) -> dict | None:

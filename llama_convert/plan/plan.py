@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 
 from ..table import ops
 from .parallel import ParallelPlan, plan_parallel, rank_file
+from . import lora
+from ..formats.tensor import TensorRef
+from ..sources.adapter import open_adapter_dir
 from ..sources.checkpoint import Checkpoint
 from ..table.config_rules import Translation, check_model_config, translate, translate_back
 from ..core.dtypes import dtype as _dtype
@@ -69,6 +73,19 @@ class Plan:
     generation_config: dict | None = None
     widened_from: str | None = None   # hf2ms --device CPU: the half-precision dtype the weights were widened from
     parallel: ParallelPlan | None = None   # hf2ms --parallel: which rank holds which part of each tensor
+    # A LoRA adapter (plan/lora.py): hf2ms writes its factors among `tensors`; ms2hf into OUT/adapter/
+    # (`adapter_tensors`); either may merge it into the weights instead.
+    lora: lora.LoraPlan | None = None
+    adapter_tensors: list[PlannedTensor] = field(default_factory=list)
+
+    def ref(self, name: str) -> TensorRef:
+        """A source tensor by name: the model's, or a LoRA factor's."""
+        found = self.source.tensors.get(name)
+        return found if found is not None or self.lora is None else self.lora.refs[name]
+
+    @property
+    def merges(self) -> dict[str, lora.Merge]:
+        return self.lora.merges if self.lora is not None else {}
 
     @property
     def model_config(self) -> dict:
@@ -123,8 +140,24 @@ def build_plan(source: Checkpoint, options: HF2MSOptions, table: Table | None = 
                                "leave --max-shard-size out; each rank's file is already 1/M of the model")
         plan.parallel = plan_parallel(Parallel.parse(options.parallel), edges.edges, mc, table.path,
                                       source.config_file)
+    if options.merge_adapter and not options.adapter:
+        raise ConvertError("--merge-adapter", "has no adapter to merge", "give --adapter ADAPTER_DIR too")
+    if options.adapter:
+        source.adapter = source.adapter or open_adapter_dir(Path(options.adapter))
+        plan.lora = lora.hf2ms(source.adapter, edges, mc["num_layers"], options.dtype, options.device,
+                               options.merge_adapter)
+        plan.tensors += [_factor(f) for f in plan.lora.factors]
+        for f in plan.lora.factors:  # each factor in the shard of the weight it adapts
+            source.shard_of.setdefault(f.source.name, source.shard_of.get(f.weight, 0))
+        if plan.lora.pet_config is not None:
+            plan.lora.pet_config = lora.with_param_type(plan.lora.pet_config, plan.lora.factors[0].dtype,
+                                                        mc["param_init_type"])
     assign_shards(plan)
     return plan
+
+
+def _factor(f: lora.Factor) -> PlannedTensor:
+    return PlannedTensor(f.name, f.shape, f.dtype, (f.source.name,), (f.source.dtype,), "copy")
 
 
 def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | None = None) -> Plan:
@@ -170,6 +203,13 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     notes += lossy_notes(edges.edges, "hf")
     plan = Plan(source, table, options, Translation(mc, notes=notes), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
+    if source.lora:
+        plan.lora = lora.ms2hf(source.lora, source.pet_config, source.adapter_record, edges, mc["num_layers"],
+                               options.dtype, options.merge_adapter, source.config_file)
+        plan.adapter_tensors = [_factor(f) for f in plan.lora.factors]
+    elif options.merge_adapter:
+        raise ConvertError(source.config_file, "--merge-adapter: the checkpoint holds no LoRA factors "
+                           "(mindpet_delta_lora_a/b) to merge", "leave --merge-adapter out")
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
     return plan

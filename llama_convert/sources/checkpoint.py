@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..formats.tensor import TensorRef
 
@@ -30,6 +31,13 @@ class Checkpoint:
     # MindSpore side: the HF dtype conversion.json records these very weight files were widened from
     # (--device CPU of a half-precision source), so that the way back can narrow them exactly
     widened_from: str | None = None
+    # LoRA (sources/adapter.py). HF side: the --adapter directory read (an adapter.Adapter). MindSpore
+    # side: mindpet's factors, kept apart from the model's tensors, the YAML's pet_config, and what
+    # hf2ms recorded of the PEFT adapter it came from (llama_convert.adapter in the YAML).
+    adapter: Any = None
+    lora: dict[str, TensorRef] = field(default_factory=dict)
+    pet_config: dict | None = None
+    adapter_record: dict | None = None
 
     @property
     def sharded(self) -> bool:
@@ -43,4 +51,5 @@ class Checkpoint:
         extra = [self.index_file] if self.index_file else []
         gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
         gen = [p for p in gen if p.exists()]
-        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
+        adapter = self.adapter.files if self.adapter is not None else []
+        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files, *adapter]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .adapter import split_mindpet
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from ..core.errors import ConvertError
 from ..formats import ckpt, safetensors as st
@@ -100,12 +101,22 @@ def open_ms_dir(path: Path, config: Path | None = None) -> Checkpoint:
     root = Path(path) if Path(path).is_dir() else Path(path).parent
     cfg_path = config or find_yaml(root)
     mc, table = read_mindformers_yaml(cfg_path)
+    pet = mc.pop("pet_config", None)   # how the model is fine-tuned, not what it is
     tensors, shard_of, others = read_ms_headers(files)
     index = name_map(root, tensors) if Path(path).is_dir() and files[0].suffix == ".safetensors" else None
+    lora = split_mindpet(tensors)  # after the map, which lists mindpet's factors among the parameters
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     return Checkpoint(root, mc, None, tensors, files, index, shard_of, tokenizer, config_path=cfg_path,
-                      non_tensors=others, recorded_table=table,
-                      widened_from=recorded_widening(root, files))
+                      non_tensors=others, recorded_table=table, widened_from=recorded_widening(root, files),
+                      lora=lora, pet_config=pet, adapter_record=adapter_record(cfg_path) if lora else None)
+
+def adapter_record(path: Path) -> dict | None:
+    """What hf2ms recorded of the PEFT adapter a LoRA conversion came from (the YAML's llama_convert.adapter),
+    so that the way back writes its adapter_config.json again."""
+    data = _load_yaml(read_small(path, "MindFormers YAML"))
+    record = data.get("llama_convert") if isinstance(data, dict) else None
+    found = record.get("adapter") if isinstance(record, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def name_map(root: Path, tensors: dict[str, TensorRef]) -> Path | None:

@@ -25,6 +25,9 @@ class VerifyOptions(Options):
     memory_budget: int | None = option(None, "Memory the whole models may take before verify streams, e.g. 8GB or "
                                        "8GiB.", parse=size, metavar="SIZE", default_text="the memory available",
                                        manifest=False)
+    adapter: str | None = option(None, "A PEFT LoRA adapter directory: compare transformers + PEFT on HF_DIR with "
+                                 "MindFormers + the pet_config of MS_DIR (whole models, CPU, logits).",
+                                 metavar="ADAPTER_DIR", manifest=False)
 
 
 # The pass rule on CPU (README, "verify": how close is close enough). HF's model is also run in float64,

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..core.errors import ConvertError
 
 
-def refuse_different_models(hf_dir: Path, ms_dir: Path):
+def refuse_different_models(hf_dir: Path, ms_dir: Path, adapter: bool = False):
     """ConvertError unless MS_DIR can be a conversion of HF_DIR, decided from configs and headers alone.
 
     Both sides are planned as the converter would (HF config through the table, MindSpore checkpoint
@@ -24,6 +24,9 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path):
     from ..table.value_types import show
 
     hf_source, ms_source = open_hf_dir(hf_dir), open_ms_dir(ms_dir)
+    if ms_source.lora and not adapter:  # HF_DIR alone is not the model MS_DIR's LoRA layers compute
+        raise ConvertError(ms_dir, "holds LoRA factors (mindpet_delta_lora_a/b) under a pet_config",
+                           "verify it with --adapter ADAPTER_DIR, the PEFT adapter it was converted from")
     hf_table = select_for_hf(hf_source.config, hf_source.config_file)
     # A YAML that records no table (written by other tools) is read with HF_DIR's; HF_DIR is planned for
     # the seq_length MS_DIR was converted for, which a table's checks may depend on (a Mistral window).
