@@ -291,7 +291,8 @@ def test_force_on_a_symlink_replaces_the_link_and_never_its_target(tmp_path):
     out.symlink_to(target)
     before = tree_hash(target)
     proc = run_cli("hf2ms", MHA, out, "--force")
-    assert proc.returncode == 0 and without_progress(proc.stderr) == "", proc.stderr
+    said = [line for line in without_progress(proc.stderr).splitlines() if "has no tokenizer" not in line]
+    assert proc.returncode == 0 and said == [], proc.stderr   # the fixture's missing tokenizer is all it mentions
     assert not out.is_symlink() and (out / "model.ckpt").is_file()
     assert tree_hash(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # no .old or partial left
