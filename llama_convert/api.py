@@ -18,9 +18,11 @@ def plan_hf2ms(src: str | Path, options: HF2MSOptions | None = None):
 
 def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str | Path | None = None):
     """The plan back to HF from a MindSpore checkpoint and its MindFormers YAML (headers only)."""
-    from .sources.ms import open_ms_dir
+    from .sources.detect import open_mindspore
     from .plan.plan import build_ms2hf_plan
-    return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options or MS2HFOptions())
+    options = options or MS2HFOptions()
+    return build_ms2hf_plan(open_mindspore(Path(src), Path(config) if config else None, options.step,
+                                           options.strategy), options)
 
 
 def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None, progress=None):

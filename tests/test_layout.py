@@ -28,6 +28,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
                {"config_rules"}]),                       # the config rules, both ways
     ("sources", [{"", "checkpoint"},                     # what every reader returns
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
+                 {"ranks"},                              # multi-rank MindSpore directories, merged as read
                  {"detect"}]),                           # which side a path is
     ("plan", [{"", "plan"}]),                             # every output tensor, both directions, and its file
     ("output", [{"", "fs", "hashing"},                    # renames that never replace, locks, liveness; sha256

@@ -136,6 +136,14 @@ def token_ids(value: object) -> tuple[int, ...]:
     return ids
 
 
+def run_step(value: object) -> str:
+    """A training save's step as its file names write it: N, or EPOCH_N."""
+    text_value = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"(\d{1,12}_)?\d{1,12}", text_value):
+        raise ValueError(f"is {_shown(value)}; write a step N or EPOCH_N, e.g. 500 or 2_500")
+    return text_value
+
+
 # ---------------------------------------------------------------- an option, declared once
 
 
@@ -243,6 +251,11 @@ class MS2HFOptions(Options):
                                default_text="the one the YAML records, else llama")
     hash: bool = option(True, "sha256 of every input and output file in conversion.json (costs a read of each).",
                         negatable=True)
+    step: str | None = option(None, "A multi-rank directory (a training run's output/): read the save of this "
+                              "step, N or EPOCH_N as in the file names.", parse=run_step, metavar="N|EPOCH_N",
+                              default_text="the one MindFormers resumes from: meta.json, else the newest")
+    strategy: str | None = option(None, "A multi-rank directory: its strategy file, or a directory of the "
+                                  "per-rank files.", metavar="FILE|DIR", default_text="strategy/ beside checkpoint/")
 
     # What the writers ask of any plan's options; fixed for this direction.
     format = "safetensors"

@@ -42,6 +42,7 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         "tensors": [pt.as_dict() for pt in plan.tensors],
         "skipped": plan.skipped,
         "config": {"ignored": plan.translation.ignored, "notes": plan.translation.notes},
+        **({"ranks": src.ranks} if src.ranks else {}),
     }
 
 

@@ -27,6 +27,8 @@ class Checkpoint:
     config_path: Path | None = None     # default: root/config.json
     non_tensors: list[str] = field(default_factory=list)  # checkpoint entries that are not tensors
     recorded_table: str | None = None   # MindSpore side: the mapping table the YAML says it was written with
+    other_inputs: list[Path] = field(default_factory=list)  # read too: a multi-rank checkpoint's strategy files
+    ranks: dict | None = None           # a multi-rank checkpoint: which rank files were merged, and why those
 
     @property
     def sharded(self) -> bool:
@@ -40,4 +42,4 @@ class Checkpoint:
         extra = [self.index_file] if self.index_file else []
         gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
         gen = [p for p in gen if p.exists()]
-        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files]
+        return [self.config_file, *gen, *extra, *self.weight_files, *self.other_inputs, *self.tokenizer_files]
