@@ -18,12 +18,12 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path):
     from ..table.edges import few
     from ..sources.hf import open_hf_dir
     from ..table.loader import select_for_hf
-    from ..sources.ms import open_ms_dir
+    from ..sources.detect import open_mindspore
     from ..core.options import HF2MSOptions, MS2HFOptions
     from ..plan.plan import build_ms2hf_plan, build_plan
     from ..table.value_types import show
 
-    hf_source, ms_source = open_hf_dir(hf_dir), open_ms_dir(ms_dir)
+    hf_source, ms_source = open_hf_dir(hf_dir), open_mindspore(ms_dir)
     hf_table = select_for_hf(hf_source.config, hf_source.config_file)
     # A YAML that records no table (written by other tools) is read with HF_DIR's; HF_DIR is planned for
     # the seq_length MS_DIR was converted for, which a table's checks may depend on (a Mistral window).
