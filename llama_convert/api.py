@@ -21,8 +21,9 @@ def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str
     from .sources.detect import open_mindspore
     from .plan.plan import build_ms2hf_plan
     options = options or MS2HFOptions()
-    return build_ms2hf_plan(open_mindspore(Path(src), Path(config) if config else None, options.step,
-                                           options.strategy), options)
+    # getattr: build_ms2hf_plan names the wrong options class when it is given one
+    return build_ms2hf_plan(open_mindspore(Path(src), Path(config) if config else None, getattr(options, "step", None),
+                                           getattr(options, "strategy", None)), options)
 
 
 def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None, progress=None):

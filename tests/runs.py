@@ -70,7 +70,8 @@ def training_checkpoint(ms, single_ckpt: Path, out: Path, seed: int = 0) -> list
                  ("current_iterator_step", ms.Tensor(np.int32(8))),
                  ("last_overflow_iterator_step", ms.Tensor(np.int32(0)))):
         out_list.append({"name": n, "data": v})
-    ms.save_checkpoint(out_list, str(out), append_dict={"epoch_num": 1, "step_num": 8, "loss_scale": 1024.0})
+    ms.save_checkpoint(out_list, str(out), append_dict={"epoch_num": 1, "step_num": 8, "loss_scale": 1024.0,
+                                                        "global_batch_size": 8})
     return weights
 
 

@@ -129,11 +129,24 @@ def test_optimizer_state_and_bookkeeping_are_skipped_and_listed(built, tmp_path)
     skipped = {s["name"]: s["reason"] for s in record["skipped"]}
     assert "adam_m.model.layers.0.attention.wq.weight" in skipped and "adam_v.lm_head.weight" not in skipped
     assert {"global_step", "learning_rate", "scale_sense", "epoch_num", "step_num", "loss_scale",
-            "current_iterator_step", "last_overflow_iterator_step"} <= set(skipped)
+            "current_iterator_step", "last_overflow_iterator_step", "global_batch_size"} <= set(skipped)
     assert record["ranks"]["ranks"] == 2 and record["ranks"]["step"] == "1_8"
     sources = [f["name"] for f in record["source"]["files"]]
     assert any(p.endswith("ckpt_strategy_rank_0.ckpt") for p in sources)
     assert any(p.endswith("llama_rank_1-1_8.ckpt") for p in sources)
+
+
+def test_a_tensor_that_is_neither_weight_nor_training_state_is_refused(built):
+    run, _ = built.fresh()
+    ms = built.ms
+    for k in range(2):
+        f = run / "checkpoint" / f"rank_{k}" / f"llama_rank_{k}-1_8.ckpt"
+        params = ms.load_checkpoint(str(f))
+        params["mystery.weight"] = ms.Parameter(ms.Tensor([1.0], ms.float32), name="mystery.weight")
+        ms.save_checkpoint([{"name": n, "data": p} for n, p in params.items()], str(f))
+    with pytest.raises(ConvertError, match=r"1 unknown tensors \(mystery.weight\); neither model weights nor known "
+                                           r"training state"):
+        plan_ms2hf(run)
 
 
 def test_each_rank_is_read_from_the_save_mindformers_resumes_from(built):
