@@ -254,17 +254,16 @@ def _runs(ref: TensorRef, full: tuple[int, ...], block: tuple[slice, ...], item:
         return Runs.of(ref.ranges, [0], [0], [ref.nbytes])
     inner = math.prod(full[k + 1:]) * item
     length = shape[k] * inner
-    outer = shape[:k]
-    count = math.prod(outer)
-    starts = [0] * count
+    import numpy as np  # only for split tensors: reading one file never needs it
     strides = [math.prod(full[i + 1:]) * item for i in range(len(full))]
-    for idx in range(count):  # the offset in the full tensor of each run, outermost axes first
-        off, rest = block[k].start * strides[k], idx
-        for axis in range(k - 1, -1, -1):
-            off += (block[axis].start + rest % outer[axis]) * strides[axis]
-            rest //= outer[axis]
-        starts[idx] = off
-    return Runs.of(ref.ranges, [i * length for i in range(count)], starts, [length] * count)
+    # The offset in the full tensor of each run (row-major over the block's outer axes): numpy, because
+    # a 70B's column-split weights have tens of thousands of runs each.
+    grid = np.indices(shape[:k]).reshape(k, -1) if k else np.zeros((0, 1), dtype=np.int64)
+    starts = np.full(grid.shape[1], block[k].start * strides[k], dtype=np.int64)
+    for axis in range(k):
+        starts += (block[axis].start + grid[axis]) * strides[axis]
+    count = len(starts)
+    return Runs.of(ref.ranges, list(range(0, count * length, length)), starts.tolist(), [length] * count)
 
 
 def _assembled(name: str, refs: dict[int, TensorRef], layout: strat.Layout, full: tuple[int, ...]) -> TensorRef:
