@@ -282,5 +282,6 @@ def test_verify_runs_mindformers_on_the_merged_model(built):
     from llama_convert import verify_conversion
     from llama_convert.verify import VerifyOptions
     run, _ = built.run(SMALLEST, 2, 2, True, "ckpt")
-    report = verify_conversion(FIXTURES / SMALLEST, run, VerifyOptions(stream=False, batch=1, seq_len=8))
-    assert report.passed and report.mode == "whole", report.failures
+    for stream in (False, True):
+        report = verify_conversion(FIXTURES / SMALLEST, run, VerifyOptions(stream=stream, batch=1, seq_len=8))
+        assert report.passed and report.mode == ("streamed" if stream else "whole"), report.failures
