@@ -261,6 +261,19 @@ def test_checkpoint_dir_and_output_dir_read_alike(built):
     assert [t.name for t in plan_ms2hf(run / "checkpoint", config=run / "llama_config.yaml").tensors] == names
 
 
+def test_a_directory_of_rank_slices_with_one_merged_strategy_reads_like_a_run(built, tmp_path):
+    run, merged = built.run(SMALLEST, 2, 2, False, "ckpt")
+    out = tmp_path / "sliced"  # as `hf2ms --parallel` lays it out: rank_{k}/ at the top, any file name
+    for rank in sorted((run / "checkpoint").iterdir()):
+        (out / rank.name).mkdir(parents=True)
+        shutil.copyfile(next(rank.glob("*.ckpt")), out / rank.name / "model.ckpt")
+    shutil.copyfile(merged, out / "strategy.ckpt")
+    shutil.copyfile(run / "llama_config.yaml", out / "llama_config.yaml")
+    ours = convert_ms2hf(out, tmp_path / "hf", MS2HFOptions(hash=False))
+    assert ours.record["ranks"]["pipeline_stages"] == 2 and ours.record["ranks"]["step"] is None
+    assert hf_tensors(tmp_path / "hf") == hf_tensors(FIXTURES / SMALLEST)
+
+
 def test_step_and_strategy_are_refused_for_a_single_checkpoint(built):
     with pytest.raises(ConvertError, match=r"--step is for a multi-rank directory"):
         plan_ms2hf(built.single(SMALLEST), MS2HFOptions(step="8"))
