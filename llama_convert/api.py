@@ -27,9 +27,12 @@ def plan_hf2ms(src: str | Path, options: HF2MSOptions | None = None, source: Sou
 
 def plan_ms2hf(src: str | Path, options: MS2HFOptions | None = None, config: str | Path | None = None):
     """The plan back to HF from a MindSpore checkpoint and its MindFormers YAML (headers only)."""
-    from .sources.ms import open_ms_dir
+    from .sources.detect import open_mindspore
     from .plan.plan import build_ms2hf_plan
-    return build_ms2hf_plan(open_ms_dir(Path(src), Path(config) if config else None), options or MS2HFOptions())
+    options = options or MS2HFOptions()
+    # getattr: build_ms2hf_plan names the wrong options class when it is given one
+    return build_ms2hf_plan(open_mindspore(Path(src), Path(config) if config else None, getattr(options, "step", None),
+                                           getattr(options, "strategy", None)), options)
 
 
 def write(plan, out: str | Path, force: bool = False, source: str | Path | None = None, progress=None):

@@ -263,6 +263,11 @@ def ms2hf(ms_dir: Path, out_dir: Path, config: Path | None, dry_run: bool, force
     """Convert a MindSpore checkpoint (MS_DIR: a directory, .ckpt or .safetensors) back to HuggingFace.
 
     \b
+    MS_DIR may also be a training run's output/ (checkpoint/rank_{k}/ + strategy/), its
+    checkpoint/, or a directory of rank_{k}/ slices: the ranks' slices are merged as they are
+    read, by the strategy, from the save MindFormers would resume from (or --step).
+
+    \b
     Fused w_qkv / w_gate_hidden are split by the inverse ops of the same mapping table;
     tied models get no lm_head. Optimizer state and training bookkeeping (adam_m.*,
     adam_v.*, accu_grads.*, global_step, learning_rate, ...) are skipped and reported.

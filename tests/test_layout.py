@@ -29,6 +29,7 @@ ROOMS: list[tuple[str, list[set[str]]]] = [
     ("sources", [{"", "checkpoint", "hub"},              # what every reader returns; hub ids -> a snapshot
                  {"adapter"},                            # LoRA adapters: PEFT directories, mindpet factors
                  {"hf", "ms"},                           # readers of HF and MindSpore directories
+                 {"ranks"},                              # multi-rank MindSpore directories, merged as read
                  {"detect"}]),                           # which side a path is
     ("plan", [{"", "parallel", "lora"},                   # --parallel: which rank holds which part of a tensor; LoRA
               {"plan"}]),                                # every output tensor, both directions, and its file

@@ -92,3 +92,24 @@ def test_every_device_holds_a_distinct_block_and_together_they_cover_the_tensor(
         cover[layout.block(device, shape)] += 1
     assert (cover == 2).all()  # axis 1 of dev_matrix splits nothing: its two devices hold the same block
     assert len({str(layout.block(d, shape)) for d in range(8)}) == 4
+
+
+@pytest.mark.parametrize("shape,layout", [
+    ((8, 4), st.Layout((2, 2), (0, -1), opt_weight_shard_step=2, opt_weight_shard_size=2)),   # rows, then over dp
+    ((4, 8), st.Layout((2, 2), (-1, 0), opt_weight_shard_step=2, opt_weight_shard_size=2)),   # columns, then dp
+    ((8,), st.Layout((2, 2), (-1,), opt_weight_shard_step=1, opt_weight_shard_size=2)),       # whole: rightmost axis
+    ((8,), st.Layout((2, 2), (-1,), opt_weight_shard_step=1, opt_weight_shard_size=4)),       # whole: both axes
+    ((8, 4), st.Layout((2, 4), (-1, -1), opt_weight_shard_step=1, opt_weight_shard_size=2)),  # part of an axis
+    ((16, 4), st.Layout((4, 2), (0, -1), opt_weight_shard_step=2, opt_weight_shard_size=2)),  # part of dp
+], ids=["rows", "columns", "whole-2", "whole-4", "inner-part", "dp-part"])
+def test_what_a_device_stores_under_optimizer_shard_is_what_mindspore_slices_for_it(tmp_path, ms, shape, layout):
+    full = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    (tmp_path / "full" / "rank_0").mkdir(parents=True)
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(full)}], str(tmp_path / "full" / "rank_0" / "w.ckpt"))
+    st.write(tmp_path / "s.ckpt", st.StrategyMap(1, {"w": layout}, (st.OperatorStrategy("op", 0, ((1, 1),)),)))
+    ms.transform_checkpoints(str(tmp_path / "full"), str(tmp_path / "out"), "x", None, str(tmp_path / "s.ckpt"))
+    for device in range(layout.devices):
+        theirs = ms.load_checkpoint(str(tmp_path / "out" / f"rank_{device}" / f"x{device}.ckpt"))["w"].asnumpy()
+        ours = full[layout.held(device, shape)]
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), device
+        assert layout.full_shape(theirs.shape) == shape

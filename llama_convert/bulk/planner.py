@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sources.hf import open_hf_dir
-from ..sources.ms import open_ms_dir
+from ..sources.detect import open_mindspore
 from ..plan.plan import build_ms2hf_plan, build_plan
 from .done import Expected
 from .manifest import Row
@@ -93,4 +93,4 @@ class Planner:
 def _plan(row: Row):
     if row.direction == "hf2ms":
         return build_plan(open_hf_dir(row.src), row.options)
-    return build_ms2hf_plan(open_ms_dir(row.src, row.config), row.options)
+    return build_ms2hf_plan(open_mindspore(row.src, row.config, row.options.step, row.options.strategy), row.options)

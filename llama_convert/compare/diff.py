@@ -23,9 +23,8 @@ from ..core.options import HF2MSOptions, MS2HFOptions
 from ..formats.payload import read_all
 from ..formats.tensor import TensorRef
 from ..plan.plan import build_ms2hf_plan, build_plan
-from ..sources.detect import is_mindspore
+from ..sources.detect import is_mindspore, open_mindspore
 from ..sources.hf import open_hf_dir
-from ..sources.ms import open_ms_dir
 from ..plan.lora import PEFT_FILE
 from ..formats import safetensors as st
 
@@ -46,7 +45,7 @@ def hf_view(path: Path) -> View:
     from ..output.materialize import Materializer
     path = Path(path)
     if is_mindspore(path):
-        plan = build_ms2hf_plan(open_ms_dir(path), MS2HFOptions())
+        plan = build_ms2hf_plan(open_mindspore(path), MS2HFOptions())
         make = Materializer(plan)
         stored = [replace(pt, dtype=pt.source_dtypes[0]) if len(set(pt.source_dtypes)) == 1 else pt
                   for pt in plan.tensors + plan.adapter_tensors]   # LoRA factors under PEFT's names

@@ -182,6 +182,14 @@ def parallel(value: object) -> str:
     return str(Parallel.parse(value))
 
 
+def run_step(value: object) -> str:
+    """A training save's step as its file names write it: N, or EPOCH_N."""
+    text_value = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"(\d{1,12}_)?\d{1,12}", text_value):
+        raise ValueError(f"is {_shown(value)}; write a step N or EPOCH_N, e.g. 500 or 2_500")
+    return text_value
+
+
 # ---------------------------------------------------------------- an option, declared once
 
 
@@ -322,6 +330,11 @@ class MS2HFOptions(Options):
                         negatable=True)
     merge_adapter: bool = option(False, "A checkpoint with mindpet LoRA factors: merge them into the weights "
                                  "(W + (alpha/r) B A in float32, rounded once) instead of writing OUT_DIR/adapter/.")
+    step: str | None = option(None, "A multi-rank directory (a training run's output/): read the save of this "
+                              "step, N or EPOCH_N as in the file names.", parse=run_step, metavar="N|EPOCH_N",
+                              default_text="the one MindFormers resumes from: meta.json, else the newest")
+    strategy: str | None = option(None, "A multi-rank directory: its strategy file, or a directory of the "
+                                  "per-rank files.", metavar="FILE|DIR", default_text="strategy/ beside checkpoint/")
 
     # What the writers ask of any plan's options; fixed for this direction.
     format = "safetensors"

@@ -216,6 +216,33 @@ def _read_runs(path: Path, view: memoryview, file_off: list[int], dst: list[int]
             start = i
 
 
+def gather(stored: FileRanges | Scatter, src_off: list[int], out_off: list[int], length: list[int]) -> tuple[Runs, ...]:
+    """The file runs that carry bytes [src_off[i], src_off[i] + length[i]) of a stored tensor to
+    out_off[i], whether the tensor sits in one file (FileRanges) or is assembled from several (a Scatter:
+    a tensor merged from the slices of several ranks). Requested runs ascend in both offsets."""
+    if isinstance(stored, FileRanges):
+        return (Runs.of(stored, src_off, out_off, length),)
+    out = []
+    for r in stored.runs:  # intersect two ascending lists of intervals in one sweep
+        f, o, n = [], [], []
+        i = j = 0
+        while i < len(r.out_off) and j < len(src_off):
+            lo = max(r.out_off[i], src_off[j])
+            hi = min(r.out_end[i], src_off[j] + length[j])
+            if lo < hi:
+                f.append(r.file_off[i] + lo - r.out_off[i])
+                o.append(out_off[j] + lo - src_off[j])
+                n.append(hi - lo)
+            if r.out_end[i] <= src_off[j] + length[j]:
+                i += 1
+            else:
+                j += 1
+        if n:
+            order = sorted(range(len(o)), key=o.__getitem__)  # by output offset, as Scatter reads them
+            out.append(Runs(r.path, [f[k] for k in order], [o[k] for k in order], [n[k] for k in order]))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Cast(_Windowed):
     inner: Payload

@@ -21,6 +21,8 @@ reads a file's pipeline stage from its first operator item, so every file we wri
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field as _field
 from pathlib import Path
 
@@ -75,6 +77,64 @@ class Layout:
             i = coords[len(coords) - 1 - m]
             out.append(slice(i * step, (i + 1) * step))
         return tuple(out)
+
+    def held(self, device: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+        """The part of a full tensor of `shape` that `device` stores: its block, narrowed along axis 0
+        by the optimizer shard (parallel optimizer), which cuts the block into row chunks over the
+        devices holding the same block, as MindSpore's `_construct_tensor_layout_for_opt_shard` does."""
+        block = self.block(device, shape)
+        part, parts = self._opt_shard(device)
+        if parts == 1 or not shape:
+            return block
+        rows = block[0].stop - block[0].start
+        if rows % parts:
+            raise ValueError(f"a block of {rows} rows cannot be cut into {parts} optimizer shards")
+        step = rows // parts
+        first = block[0].start + part * step
+        return (slice(first, first + step), *block[1:])
+
+    def _opt_shard(self, device: int) -> tuple[int, int]:
+        """(which optimizer shard `device` holds, how many there are). The shards run over the device axes
+        that split nothing (rightmost first; an axis larger than what is left gives its inner part),
+        the leftmost such axis counting slowest."""
+        size = self.opt_weight_shard_size
+        if self.opt_weight_shard_step == 0 or size in (0, 1):
+            return 0, 1
+        dev = self.dev_matrix
+        used = {len(dev) - 1 - m for m in self.tensor_map if m >= 0}
+        repeated = [i for i, n in enumerate(dev) if i not in used and n > 1]
+        left = size if size != -1 else math.prod(dev[i] for i in repeated)
+        coords = self.coordinates(device)
+        digits: list[tuple[int, int]] = []
+        for axis in reversed(repeated):
+            n = dev[axis]
+            take = n if left >= n else left
+            if (left % n if left >= n else n % left):
+                raise ValueError(f"an optimizer shard of {size} does not divide device axis {n}")
+            digits.append((coords[axis] % take, take))
+            left //= take
+            if left == 1:
+                break
+        if left != 1:
+            raise ValueError(f"{size} optimizer shards need more devices than repeat the block")
+        part = 0
+        for coord, radix in reversed(digits):
+            part = part * radix + coord
+        return part, math.prod(r for _, r in digits)
+
+    def full_shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
+        """The full tensor's shape from the shape one device stores (the inverse of `held`'s size)."""
+        if len(stored) != len(self.tensor_map):
+            raise ValueError(f"a tensor of {len(stored)} axes under a tensor_map of {len(self.tensor_map)}")
+        full = [n * k for n, k in zip(stored, self.splits())]
+        if full:
+            full[0] *= self._opt_shard(0)[1]
+        return tuple(full)
+
+    @property
+    def devices(self) -> int:
+        """How many devices one pipeline stage has."""
+        return math.prod(self.dev_matrix)
 
 
 @dataclass(frozen=True)
@@ -199,3 +259,28 @@ def read(path: Path) -> StrategyMap:
         raise ConvertError(path, f"not a MindSpore strategy file (ParallelStrategyMap): {e}",
                            "give the strategy .ckpt MindSpore saved (strategy/ckpt_strategy_rank_0.ckpt), "
                            "not a checkpoint or a JSON strategy") from None
+
+
+_STAGED = re.compile(r"(\d+)-(.+)")
+
+
+def stage_of(smap: StrategyMap) -> int:
+    """The pipeline stage a file describes, read as MindSpore reads it: from its first operator."""
+    return smap.operators[0].stage if smap.operators else 0
+
+
+def by_stage(maps: list[StrategyMap]) -> dict[int, dict[str, Layout]]:
+    """Stage -> that stage's layouts, from per-rank files and/or merged ones, as
+    `merge_pipeline_strategys` joins them: the first file of each stage counts; a merged file's
+    `"{stage}-{param}"` names go to their stage."""
+    stages: dict[int, dict[str, Layout]] = {}
+    for smap in maps:
+        if all(_STAGED.fullmatch(n) for n in smap.layouts):  # parameter names never start with digits and -
+            for name, layout in smap.layouts.items():
+                m = _STAGED.fullmatch(name)
+                stages.setdefault(int(m.group(1)), {}).setdefault(m.group(2), layout)
+            continue
+        stage = stage_of(smap)
+        if stage not in stages:
+            stages[stage] = dict(smap.layouts)
+    return stages

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..core.dtypes import dtype as _dtype
-from .payload import FileRanges, InMemory, Payload
+from .payload import FileRanges, InMemory, Payload, Scatter, read_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,6 +21,7 @@ class TensorRef:
     file: Path
     ranges: FileRanges | None = None          # raw bytes sit in `file` (safetensors, ckpt)
     loader: Callable[[], np.ndarray] | None = field(default=None, compare=False)  # e.g. torch .bin
+    pieces: Scatter | None = None             # assembled from several files (the slices of several ranks)
 
     @property
     def nbytes(self) -> int:
@@ -28,15 +29,29 @@ class TensorRef:
 
     def payload(self) -> Payload:
         """The bytes as they are, for copying without a change."""
-        if self.ranges is not None:
-            return self.ranges
+        if self.stored is not None:
+            return self.stored
         return InMemory(self.read())
+
+    @property
+    def stored(self) -> FileRanges | Scatter | None:
+        """Where the raw bytes sit on disk, if they do (in one file or assembled from several)."""
+        return self.ranges if self.ranges is not None else self.pieces
+
+    @property
+    def offset(self) -> int:
+        """Where the tensor's first byte sits in `file` (0 when it is not on disk as it is)."""
+        if self.ranges is not None and self.ranges.segments:
+            return self.ranges.segments[0][0]
+        if self.pieces is not None and self.pieces.runs and self.pieces.runs[0].file_off:
+            return self.pieces.runs[0].file_off[0]
+        return 0
 
     def read(self) -> np.ndarray:
         """The data as a numpy array of the storage dtype (bf16 as uint16), shaped."""
         storage = _dtype(self.dtype).storage
-        if self.ranges is not None:
-            return self.ranges.read().view(storage).reshape(self.shape)
+        if self.stored is not None:
+            return read_all(self.stored).view(storage).reshape(self.shape)
         assert self.loader is not None
         data = self.loader()
         return (data if data.flags.c_contiguous else data.copy(order="C")).view(storage).reshape(self.shape)

@@ -48,8 +48,7 @@ def source_order(plan: Plan, tensors: list[PlannedTensor]) -> list[PlannedTensor
 
     def position(pt: PlannedTensor) -> tuple[int, int]:
         ref = plan.ref(pt.sources[0])
-        offset = ref.ranges.segments[0][0] if ref.ranges is not None and ref.ranges.segments else 0
-        return files.get(ref.file, 0), offset
+        return files.get(ref.file, 0), ref.offset
     return sorted(tensors, key=position)
 
 

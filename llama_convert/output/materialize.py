@@ -5,7 +5,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from ..core.dtypes import cast, dtype as dtype_info
-from ..formats.payload import Cast, InMemory, Payload, Runs, Scatter
+from ..formats.payload import Cast, InMemory, Payload, Scatter, gather
 from ..plan.lora import merged
 from ..plan.plan import Plan, PlannedTensor
 from ..table import ops
@@ -41,7 +41,7 @@ class Materializer:
         return payload if src_dtype == pt.dtype else Cast(payload, src_dtype, pt.dtype)
 
     def _streamable(self, pt: PlannedTensor, refs: list) -> bool:
-        return (ops.get(pt.op).placement is not None and all(r.ranges is not None for r in refs)
+        return (ops.get(pt.op).placement is not None and all(r.stored is not None for r in refs)
                 and len({r.dtype for r in refs}) == 1)
 
     def _scatter(self, pt: PlannedTensor, refs: list) -> Scatter:
@@ -51,11 +51,11 @@ class Materializer:
             runs = []
             for ref, placed in zip(refs, op.placement([r.shape for r in refs], ctx)):
                 at, count = _bytes(placed, item)
-                runs.append(Runs.of(ref.ranges, _starts(count), at, count))
+                runs.extend(gather(ref.stored, _starts(count), at, count))
             return Scatter(tuple(runs), sum(r.nbytes for r in refs))
         (ref,) = refs  # backward: one part of a fused tensor, its runs gathered in order
         at, count = _bytes(op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part], item)
-        return Scatter((Runs.of(ref.ranges, at, _starts(count), count),), sum(count))
+        return Scatter(gather(ref.stored, at, _starts(count), count), sum(count))
 
     def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
         op, ctx = ops.get(pt.op), self.plan.op_context()

@@ -51,6 +51,7 @@ def provenance(plan: Plan, outputs: list[dict], hashes: Hashes) -> dict:
         **({"widened": {"from": plan.widened_from, "to": plan.model_config["param_init_type"],
                         "reason": "--device CPU: MindSpore's CPU kernels have no half precision"}}
            if plan.widened_from else {}),
+        **({"ranks": src.ranks} if src.ranks else {}),
     }
     if plan.lora is not None:
         record["adapter"] = adapter_json(plan)

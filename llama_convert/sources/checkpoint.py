@@ -38,6 +38,8 @@ class Checkpoint:
     lora: dict[str, TensorRef] = field(default_factory=dict)
     pet_config: dict | None = None
     adapter_record: dict | None = None
+    other_inputs: list[Path] = field(default_factory=list)  # read too: a multi-rank checkpoint's strategy files
+    ranks: dict | None = None           # a multi-rank checkpoint: which rank files were merged, and why those
 
     @property
     def sharded(self) -> bool:
@@ -52,4 +54,5 @@ class Checkpoint:
         gen = [self.root / "generation_config.json"] if self.generation_config is not None else []
         gen = [p for p in gen if p.exists()]
         adapter = self.adapter.files if self.adapter is not None else []
-        return [self.config_file, *gen, *extra, *self.weight_files, *self.tokenizer_files, *adapter]
+        return [self.config_file, *gen, *extra, *self.weight_files, *self.other_inputs, *self.tokenizer_files,
+                *adapter]

@@ -11,14 +11,17 @@ from ..formats.tensor import TensorRef
 from ..formats.torch_bin import read_bin
 from ..table.loader import yaml_names
 from .hf import open_hf_dir
-from .ms import ms_checkpoint_files, name_map, read_ms_headers
+from .checkpoint import Checkpoint
+from .ms import ms_checkpoint_files, name_map, open_ms_dir, read_ms_headers
+from .ranks import is_rank_dir, merge, open_rank_dir
 
 
 def is_mindspore(path: Path) -> bool:
-    """A MindSpore side: a .ckpt file, or a directory (of a file) holding a MindFormers YAML, MindSpore's
-    safetensors name map or a .ckpt."""
+    """A MindSpore side: a .ckpt file, a directory (of a file) holding a MindFormers YAML, MindSpore's
+    safetensors name map or a .ckpt, or a multi-rank directory (rank_{k}/, or a training run's output/
+    with checkpoint/rank_{k}/)."""
     root = path.parent if path.is_file() else path
-    if path.is_file() and path.suffix == ".ckpt":
+    if path.is_file() and path.suffix == ".ckpt" or is_rank_dir(path):
         return True
     return (any((root / n).exists() for n in (*yaml_names(), st.NAME_MAP))
             or (path.is_dir() and any(path.glob("*.ckpt"))))
@@ -32,6 +35,8 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
     if not path.is_dir():
         check_regular(path, "checkpoint file")  # a FIFO or device is refused for what it is
     side = "ms" if is_mindspore(path) else "hf"
+    if is_rank_dir(path):
+        return side, list(merge(path).tensors.values())
     if path.is_file():
         if path.suffix == ".ckpt":
             return side, ckpt.scan(path)[0]
@@ -47,3 +52,17 @@ def read_headers(path: Path) -> tuple[str, list[TensorRef]]:
     if files[0].suffix == ".safetensors":
         name_map(path, tensors)
     return side, list(tensors.values())
+
+
+def open_mindspore(path: Path, config: Path | None = None, step: str | None = None,
+                   strategy: str | Path | None = None) -> Checkpoint:
+    """A MindSpore checkpoint of any kind with its model_config: one directory or file, or a multi-rank
+    directory merged as it is read (`step`, `strategy`: which save, which layout; see sources/ranks.py)."""
+    path = Path(path)
+    if is_rank_dir(path):
+        return open_rank_dir(path, config, step, Path(strategy) if strategy else None)
+    for given, flag in ((step, "--step"), (strategy, "--strategy")):
+        if given is not None:
+            raise ConvertError(path, f"{flag} is for a multi-rank directory (rank_{{k}}/ or a run's output/), "
+                               "and this is a single checkpoint", f"leave {flag} out")
+    return open_ms_dir(path, config)

@@ -10,6 +10,7 @@ import numpy as np
 from ..core.errors import ConvertError
 from ..core.machine import available_memory, peak_rss
 from ..sources.ms import ms_checkpoint_files
+from ..sources.ranks import is_rank_dir
 from .config_parity import config_differences, generation_differences, mindformers_defaults
 from .hf_side import HFSide, hf_model_class
 from .memory import whole_model_estimate
@@ -74,7 +75,8 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     hf_dir, ms_dir = Path(hf_dir), Path(ms_dir)
     if not (hf_dir / "config.json").exists():
         raise ConvertError(hf_dir / "config.json", "not found", "HF_DIR must be a HuggingFace model directory")
-    ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
+    if not is_rank_dir(ms_dir):
+        ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
     hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
     hf_model_class(hf_dir, hf_plan.table)  # before anything is loaded: remote-code families have no HF side
     cfg = ms_plan.model_config
@@ -108,8 +110,13 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
                 reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
     ref = hf.logits(ids)
+    # A multi-rank directory is read through our merge (its files hold slices and optimizer state):
+    # the model's tensors only, streamed or whole.
+    merged = ms_plan.source.ranks is not None
+    weights = {n: r for n, r in ms_plan.source.tensors.items() if n in {s for t in ms_plan.tensors for s in t.sources}}
     ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length,
-                ms_plan.source.tensors if stream else None, on_stage, total)
+                (weights if merged else ms_plan.source.tensors) if stream else None, on_stage, total,
+                merged=weights if merged and not stream else None)
     ms.stages.done = total // 2  # the HF side's stages came first
     got = ms.logits(ids)
 

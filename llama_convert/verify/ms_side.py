@@ -10,7 +10,7 @@ from ..console.quiet import import_mindformers
 from ..core.errors import ConvertError
 from ..table.loader import Table
 from ..sources.ms import ms_checkpoint_files
-from .stages import StageBuffers, Stages, capture_places
+from .stages import StageBuffers, Stages, capture_places, float32_torch
 
 # verify runs MindFormers in float32 whatever the YAML says, as HF runs: the two sides then differ by
 # rounding alone (the table's CPU settings choose the kernels; these, every dtype).
@@ -20,8 +20,9 @@ FLOAT32_COMPUTE = {k: "float32" for k in ("compute_dtype", "param_init_type", "l
 
 class MSSide:
     def __init__(self, ms_dir: Path, cfg: dict, yaml_path: Path, table: Table, device: str, batch: int, length: int,
-                 tensors: dict | None = None, on_stage=None, total: int = 0):
-        """MindFormers' model built from the YAML; with `tensors` (MS_DIR's headers) streamed."""
+                 tensors: dict | None = None, on_stage=None, total: int = 0, merged: dict | None = None):
+        """MindFormers' model built from the YAML; with `tensors` (MS_DIR's headers) streamed; with
+        `merged` (a multi-rank directory's merged tensors) whole, loaded from those instead of MS_DIR's files."""
         mindformers = import_mindformers()
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -51,7 +52,8 @@ class MSSide:
         self.net.set_train(False)
         places = capture_places(self.net, table.verify.ms_modules)
         if tensors is None:
-            params = load_ms_params(ms, ms_dir)
+            params = (load_ms_params(ms, ms_dir) if merged is None else
+                      {n: ms.Parameter(ms.Tensor.from_numpy(float32_torch(r).numpy()), name=n) for n, r in merged.items()})
             if device == "CPU":  # one tensor at a time, so the half-precision copies are freed as we go
                 for k in list(params):
                     params[k] = ms.Parameter(params.pop(k).astype(ms.float32), name=k)

@@ -18,12 +18,12 @@ def refuse_different_models(hf_dir: Path, ms_dir: Path, adapter: bool = False):
     from ..table.edges import few
     from ..sources.hf import open_hf_dir
     from ..table.loader import select_for_hf
-    from ..sources.ms import open_ms_dir
+    from ..sources.detect import open_mindspore
     from ..core.options import HF2MSOptions, MS2HFOptions
     from ..plan.plan import build_ms2hf_plan, build_plan
     from ..table.value_types import show
 
-    hf_source, ms_source = open_hf_dir(hf_dir), open_ms_dir(ms_dir)
+    hf_source, ms_source = open_hf_dir(hf_dir), open_mindspore(ms_dir)
     if ms_source.lora and not adapter:  # HF_DIR alone is not the model MS_DIR's LoRA layers compute
         raise ConvertError(ms_dir, "holds LoRA factors (mindpet_delta_lora_a/b) under a pet_config",
                            "verify it with --adapter ADAPTER_DIR, the PEFT adapter it was converted from")
