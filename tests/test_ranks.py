@@ -92,7 +92,7 @@ def assert_same_as_mindspores_merge(built: Runs, tmp: Path, fixture: str, mp: in
     convert_ms2hf(oracle, tmp / "theirs", MS2HFOptions(hash=False), config=yaml)
     ours = convert_ms2hf(run, tmp / "ours", MS2HFOptions(hash=False))
     theirs_t, ours_t = hf_tensors(tmp / "theirs"), hf_tensors(tmp / "ours")
-    assert ours_t.keys() == theirs_t.keys() and len(ours_t) >= 18
+    assert ours_t.keys() == theirs_t.keys() and len(ours_t) >= 14   # Phi-3 fuses q/k/v and gate/up: 14 tensors
     different = [n for n in ours_t if ours_t[n] != theirs_t[n]]
     assert not different, different
     for name in ("config.json", "generation_config.json"):
