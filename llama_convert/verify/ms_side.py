@@ -93,7 +93,7 @@ class MSSide:
         params = list(cell.get_parameters())
         # PyNative runs ops asynchronously and Tensor.from_numpy shares memory: nothing may still read the
         # buffers of the stage before when they are refilled.
-        self.ms.runtime.synchronize()
+        _wait_for_queued_ops()
         self.buffers.start([self.tensors[p.name] for p in params])
         for p in params:
             data = self.ms.Tensor.from_numpy(self.buffers.take(self.tensors[p.name]).numpy())  # shares, no copy
@@ -117,8 +117,15 @@ class MSSide:
             logits = out[0] if isinstance(out, tuple) else out
             return logits.astype(self.ms.float32).asnumpy().reshape(batch, self.length, -1)[:, :n]
         finally:
-            self.ms.runtime.synchronize()
+            _wait_for_queued_ops()
             self.buffers.release()
+
+
+def _wait_for_queued_ops() -> None:
+    """Until every op PyNative has queued has run, on any device. mindspore.runtime.synchronize() is
+    Ascend/GPU only: on CPU it does nothing but log an ERROR line, though CPU ops are queued too."""
+    from mindspore.graph.api import _pynative_executor
+    _pynative_executor.sync()
 
 
 def load_ms_params(ms, ms_dir: Path) -> dict:
