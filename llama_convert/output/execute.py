@@ -123,15 +123,16 @@ def source_paths(plan: Plan, given: Path | None = None) -> list[Path]:
 
 
 def weight_bytes(plan: Plan) -> int:
-    """What the weight files hold: the model, or with --parallel every rank's share of it."""
-    return rank_bytes(plan) if plan.parallel is not None else plan.total_bytes
+    """What the tensor files hold: the model (or with --parallel every rank's share of it) and the
+    adapter ms2hf writes beside it."""
+    model = rank_bytes(plan) if plan.parallel is not None else plan.total_bytes
+    return model + sum(t.nbytes for t in plan.adapter_tensors)
 
 
 def needed_bytes(plan: Plan) -> int:
     """The size of the output, short of conversion.json and the weight files' headers."""
     index = index_file(plan)
-    return (weight_bytes(plan) + sum(t.nbytes for t in plan.adapter_tensors)
-            + sum(p.stat().st_size for p in plan.source.tokenizer_files)
+    return (weight_bytes(plan) + sum(p.stat().st_size for p in plan.source.tokenizer_files)
             + sum(len(text.encode()) for text in side_files(plan).values()) + (len(index[1].encode()) if index else 0))
 
 
@@ -149,8 +150,7 @@ def execute(plan: Plan, out_dir: Path, force: bool = False, source: Path | None 
             check_twins(plan)
             for path in plan.source.input_files():
                 hashes.submit(path)
-            progress.start(weight_bytes(plan) + sum(t.nbytes for t in plan.adapter_tensors),
-                           f"{plan.direction} {out_dir.name}")
+            progress.start(weight_bytes(plan), f"{plan.direction} {out_dir.name}")
             write_weights(plan, tmp, hashes, progress)
             write_adapter(plan, tmp, hashes, progress)
             hashes.check_hub_blobs(plan.source.input_files())
