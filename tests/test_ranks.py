@@ -1,13 +1,13 @@
 """Multi-rank MindSpore directories (a training run's output, pre-sliced rank_{k}/ outputs) read as the
 one model they hold, with MindSpore as the oracle: run directories are cut from a single-card conversion
 by `mindspore.transform_checkpoints` under strategies written for the test (tests/runs.py), with the
-optimizer state a training run saves, and our ms2hf of the run directory must give the tensors of our
-ms2hf of MindSpore's own merge of it, bit for bit.
+optimizer state a training run saves, and our ms2hf of the run directory must write, byte for byte,
+the files of our ms2hf of MindSpore's own merge of it.
 
 The full matrix (mp 2 and 4, pp 1 and 2, with and without optimizer shard, .ckpt and safetensors) runs
-on gqa-tied-bf16-sharded, the smallest fixture (tied: its embedding lives on both pipeline stages);
-every other fixture runs one representative case, and a --qkv-concat conversion one more, to keep the
-slicing (each case a MindSpore transform and merge) within the suite's budget."""
+on gqa-tied-bf16-sharded (tied: its embedding lives on both pipeline stages); every other fixture runs
+every layout a MindFormers run of it could save (fixture_cases), and a --qkv-concat conversion one
+more. Conversions and MindSpore's merges are made once per module and shared."""
 from __future__ import annotations
 
 import json
@@ -28,9 +28,29 @@ import runs
 SMALLEST = "gqa-tied-bf16-sharded"
 MATRIX = [(mp, pp, opt, fmt) for fmt in ("ckpt", "safetensors") for mp in (2, 4) for pp in (1, 2)
           for opt in (False, True)]
-# One case per other fixture, the cases spread over the dimensions the matrix covers.
-SPREAD = [(2, 2, True, "ckpt"), (4, 1, False, "safetensors"), (4, 2, False, "ckpt"), (2, 1, True, "safetensors")]
-OTHERS = [(p.name, SPREAD[i % len(SPREAD)]) for i, p in enumerate(d for d in FIXTURE_DIRS if d.name != SMALLEST)]
+
+
+def fixture_cases(fixture: Path) -> list[tuple[int, int, bool, str]]:
+    """(mp, pp, optimizer shard, format) for every layout a MindFormers run of this model could save:
+    mp 2 and 4 where it divides the heads, KV heads, intermediate size and vocabulary (MindFormers
+    refuses n_kv_heads % mp != 0), pp 1 and 2 where it divides the layers, both formats. A model with
+    one KV head runs without model parallel: its cases are data parallel (mp 1). The optimizer shard
+    alternates over the cases."""
+    cfg = json.loads((fixture / "config.json").read_text())
+    heads = cfg["num_attention_heads"]
+    sizes = (heads, cfg.get("num_key_value_heads") or heads, cfg["intermediate_size"], cfg["vocab_size"])
+    mps = [mp for mp in (2, 4) if all(n % mp == 0 for n in sizes)] or [1]
+    pps = [pp for pp in (1, 2) if cfg["num_hidden_layers"] % pp == 0]
+    cases = []
+    for i, (fmt, mp, pp) in enumerate((f, m, p) for f in ("ckpt", "safetensors") for m in mps for p in pps):
+        opt = (i + i // len(pps)) % 2 == 1 or mp * pp == 1   # one device per stage: a data-parallel run
+        cases.append((mp, pp, opt, fmt))
+    return cases
+
+
+# The full matrix runs on the smallest fixture (mp 4 there too: MindSpore slices any layout, though
+# MindFormers would not train its 2 KV heads on 4 cards); every other fixture runs its own cases.
+OTHERS = [(p.name, case) for p in FIXTURE_DIRS if p.name != SMALLEST for case in fixture_cases(p)]
 
 
 class Runs:
@@ -58,8 +78,9 @@ class Runs:
             single = self.single(fixture, qkv)
             run = self.root / ("run-" + "-".join(map(str, key[:6])) + f"-{len(self.runs)}")
             tied = "lm_head.weight" not in {r.name for r in ckpt.scan(single / "model.ckpt")[0]}
+            layers = json.loads((FIXTURES / fixture / "config.json").read_text())["num_hidden_layers"]
             merged = runs.build_run(self.ms, single, run, mp=mp, pp=pp, dp=2 if opt else 1, opt=opt, fmt=fmt,
-                                    tied=tied, saves=saves)
+                                    tied=tied, saves=saves, layers=layers)
             shutil.copyfile(single / "llama_config.yaml", run / "llama_config.yaml")
             self.runs[key] = (run, merged)
         return self.runs[key]
