@@ -22,8 +22,9 @@ from llama_convert.core.errors import ConvertError
 from llama_convert.core.options import parse_size
 from llama_convert.formats import ckpt, strategy as st
 
-from conftest import FIXTURE_DIRS, FIXTURES, refused, run_cli
+from conftest import FIXTURE_DIRS, FIXTURES, raw, refused, run_cli
 import runs
+from runs import LORA
 
 SMALLEST = "gqa-tied-bf16-sharded"
 MATRIX = [(mp, pp, opt, fmt) for fmt in ("ckpt", "safetensors") for mp in (2, 4) for pp in (1, 2)
@@ -58,24 +59,27 @@ class Runs:
 
     def __init__(self, ms, root: Path):
         self.ms, self.root = ms, root
-        self.singles: dict[tuple[str, bool], Path] = {}
+        self.singles: dict[tuple, Path] = {}
         self.runs: dict[tuple, tuple[Path, Path]] = {}
         self.merges: dict[Path, Path] = {}
 
-    def single(self, fixture: str, qkv: bool = False) -> Path:
-        key = (fixture, qkv)
+    def single(self, fixture: str, qkv: bool = False, adapter: Path | None = None) -> Path:
+        """A single-card conversion, with `adapter` the base plus mindpet's factors and a pet_config."""
+        key = (fixture, qkv, adapter)
         if key not in self.singles:
-            out = self.root / f"single-{fixture}-{int(qkv)}"
-            convert_hf2ms(FIXTURES / fixture, out, HF2MSOptions(hash=False, qkv_concat=qkv))
+            out = self.root / f"single-{fixture}-{int(qkv)}-{len(self.singles)}"
+            convert_hf2ms(FIXTURES / fixture, out, HF2MSOptions(hash=False, qkv_concat=qkv,
+                                                               adapter=str(adapter) if adapter else None))
             self.singles[key] = out
         return self.singles[key]
 
     def run(self, fixture: str, mp: int, pp: int, opt: bool, fmt: str, qkv: bool = False,
-            saves: tuple = ((1, 8),)) -> tuple[Path, Path]:
-        """(run directory, merged strategy), the run's YAML placed beside its checkpoint/ as a user would."""
-        key = (fixture, mp, pp, opt, fmt, qkv, saves)
+            saves: tuple = ((1, 8),), adapter: Path | None = None) -> tuple[Path, Path]:
+        """(run directory, merged strategy), the run's YAML placed beside its checkpoint/ as a user would;
+        with `adapter` a LoRA run: base weights, mindpet factors, Adam state for the factors only."""
+        key = (fixture, mp, pp, opt, fmt, qkv, saves, adapter)
         if key not in self.runs:
-            single = self.single(fixture, qkv)
+            single = self.single(fixture, qkv, adapter)
             run = self.root / ("run-" + "-".join(map(str, key[:6])) + f"-{len(self.runs)}")
             tied = "lm_head.weight" not in {r.name for r in ckpt.scan(single / "model.ckpt")[0]}
             layers = json.loads((FIXTURES / fixture / "config.json").read_text())["num_hidden_layers"]
@@ -121,12 +125,15 @@ def output_files(out: Path) -> dict[str, bytes]:
 
 
 def assert_same_as_mindspores_merge(built: Runs, tmp: Path, fixture: str, mp: int, pp: int, opt: bool, fmt: str,
-                                    qkv: bool = False, shard: str | None = None) -> dict:
+                                    qkv: bool = False, shard: str | None = None, adapter: Path | None = None,
+                                    merge_adapter: bool = False) -> dict:
     """Our ms2hf of the run directory writes byte for byte the files of our ms2hf of MindSpore's merge of
-    it (`shard`: a --max-shard-size that cuts the output into several files with an index)."""
-    run, merged = built.run(fixture, mp, pp, opt, fmt, qkv)
+    it (`shard`: a --max-shard-size that cuts the output into several files with an index; `adapter`: a
+    LoRA run of that PEFT adapter, its way back OUT/adapter/ or with `merge_adapter` merged weights)."""
+    run, merged = built.run(fixture, mp, pp, opt, fmt, qkv, adapter=adapter)
     oracle = built.oracle(run, merged, fmt)
-    options = MS2HFOptions(hash=False, **({"max_shard_size": parse_size(shard)} if shard else {}))
+    options = MS2HFOptions(hash=False, merge_adapter=merge_adapter,
+                           **({"max_shard_size": parse_size(shard)} if shard else {}))
     convert_ms2hf(oracle, tmp / "theirs", options, config=run / "llama_config.yaml")
     ours = convert_ms2hf(run, tmp / "ours", options)
     theirs_f, ours_f = output_files(tmp / "theirs"), output_files(tmp / "ours")
@@ -163,6 +170,61 @@ def test_the_way_back_equals_the_model_that_went_in(built, tmp_path):
     convert_ms2hf(run, tmp_path / "hf", MS2HFOptions(hash=False))
     source = hf_tensors(FIXTURES / SMALLEST)
     assert hf_tensors(tmp_path / "hf") == source
+
+
+# ---------------------------------------------------------------- LoRA fine-tuning runs
+
+LORA_CASES = [(2, 1, "ckpt"), (1, 2, "safetensors")]   # model parallel (factors cut), pipeline stages
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(tmp_path_factory) -> Path:
+    """A PEFT LoRA on every projection of the smallest fixture (B non-zero, as after training): model
+    parallel cuts B of q/k/v/gate/up by rows and A of o/down by columns."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(FIXTURES / SMALLEST, dtype=torch.bfloat16)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, init_lora_weights=False, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("mp,pp,fmt", LORA_CASES, ids=[f"{f}-mp{m}-pp{p}" for m, p, f in LORA_CASES])
+def test_a_lora_run_comes_back_as_base_and_peft_adapter_as_from_mindspores_merge(built, tmp_path, peft_adapter,
+                                                                                  mp, pp, fmt):
+    record = assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, mp, pp, False, fmt, adapter=peft_adapter)
+    ours = tmp_path / "ours" / "adapter"
+    assert raw(ours) == raw(peft_adapter)   # the factors PEFT wrote, byte for byte
+    got, made = (json.loads((d / "adapter_config.json").read_text()) for d in (ours, peft_adapter))
+    assert {**got, "target_modules": sorted(got["target_modules"])} == \
+        {**made, "target_modules": sorted(made["target_modules"])}
+    skipped = {s["name"] for s in record["skipped"]}
+    assert "adam_m.model.layers.0.attention.wq.mindpet_delta_lora_a" in skipped
+    assert not any(n.startswith("adam_m.") and LORA not in n for n in skipped)   # the base was frozen
+
+
+def test_peft_loads_a_lora_runs_adapter_onto_its_base(built, tmp_path, peft_adapter):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    run, _ = built.run(SMALLEST, 2, 1, False, "ckpt", adapter=peft_adapter)
+    convert_ms2hf(run, tmp_path / "hf", MS2HFOptions(hash=False))
+    ids = torch.arange(1, 17).reshape(1, -1)
+    with torch.no_grad():
+        ours = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), tmp_path / "hf" / "adapter")
+        made = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(FIXTURES / SMALLEST), peft_adapter)
+        assert torch.equal(ours.eval()(ids).logits, made.eval()(ids).logits)
+
+
+def test_a_lora_run_merged_comes_back_as_mindspores_merge_merged(built, tmp_path, peft_adapter):
+    assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, 2, 2, False, "ckpt", adapter=peft_adapter,
+                                    merge_adapter=True)
+    assert not (tmp_path / "ours" / "adapter").exists()
+    assert hf_tensors(tmp_path / "ours") != hf_tensors(FIXTURES / SMALLEST)   # the delta is in the weights
 
 
 def test_optimizer_state_and_bookkeeping_are_skipped_and_listed(built, tmp_path):
