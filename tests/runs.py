@@ -19,6 +19,12 @@ from llama_convert.formats import ckpt, strategy as st
 
 ROWS = re.compile(r"\.(attention\.(wq|wk|wv|w_qkv)|feed_forward\.(w1|w3|w_gate_hidden))\.(weight|bias)$")
 COLUMNS = re.compile(r"\.(attention\.wo|feed_forward\.w2)\.weight$")
+# mindpet's LoRADense under MindFormers' Linear (transpose_b), as mindformers/pet/tuners/lora_adapter.py
+# shards it from the weight's matmul strategy (out_split, in_split): lora_a [r, in] takes (1, in_split),
+# lora_b [out, r] takes (out_split, 1). So B is cut by rows where the weight is, A by columns where it is.
+LORA_ROWS = re.compile(r"\.(attention\.(wq|wk|wv)|feed_forward\.(w1|w3))\.mindpet_delta_lora_b$")
+LORA_COLUMNS = re.compile(r"\.(attention\.wo|feed_forward\.w2)\.mindpet_delta_lora_a$")
+LORA = "mindpet_delta_lora_"
 LAYER = re.compile(r"model\.layers\.(\d+)\.")
 PREFIX = "llama"
 
@@ -27,9 +33,9 @@ def layout_of(name: str, shape: tuple[int, ...], dp: int, mp: int, opt: bool) ->
     """MindFormers' legacy Llama rules: q/k/v and gate/up by output rows, wo/w2 by input columns, the
     lm_head by vocabulary rows, everything else whole; with `opt`, each block also cut over dp."""
     base = name.split(".", 1)[1] if name.startswith(("adam_m.", "adam_v.")) else name
-    if ROWS.search(base):
+    if ROWS.search(base) or LORA_ROWS.search(base):
         tmap = (0,) + (-1,) * (len(shape) - 1)
-    elif COLUMNS.search(base):
+    elif COLUMNS.search(base) or LORA_COLUMNS.search(base):
         tmap = (-1, 0)
     elif base == "lm_head.weight":
         tmap = (0, -1)
@@ -55,13 +61,13 @@ def stage_of(name: str, layers: int, pp: int, tied: bool) -> list[int]:
 
 
 def training_checkpoint(ms, single_ckpt: Path, out: Path, seed: int = 0) -> list[str]:
-    """The single-card model plus what a training run saves beside it: Adam moments per weight and
-    bookkeeping scalars. Returns the names of the weights."""
+    """The single-card model plus what a training run saves beside it: Adam moments per trained weight
+    (a LoRA run trains the mindpet factors only) and bookkeeping scalars. Returns the names of the weights."""
     params = ms.load_checkpoint(str(single_ckpt))
     rng = np.random.default_rng(seed)
     weights = list(params)
     out_list = [{"name": n, "data": params[n]} for n in weights]
-    for n in weights:
+    for n in [n for n in weights if LORA in n] or weights:
         for kind in ("adam_m", "adam_v"):
             data = rng.standard_normal(params[n].shape).astype(np.float32)
             out_list.append({"name": f"{kind}.{n}", "data": ms.Tensor(data)})

@@ -80,6 +80,30 @@ def test_large_models_are_sharded_with_an_index(tmp_path):
     assert sorted(index["weight_map"]) == sorted(raw(FIXTURES / "mha-untied-fp32"))
 
 
+def test_the_way_back_writes_a_hf_checkpoints_order_whatever_order_the_source_stored(ms, tmp_path):
+    import shutil
+    from llama_convert.formats.safetensors import read_header
+    convert_hf2ms(FIXTURES / "mha-untied-fp32", tmp_path / "ms")
+    shutil.copytree(tmp_path / "ms", tmp_path / "reversed")
+    params = ms.load_checkpoint(str(tmp_path / "ms/model.ckpt"))
+    (tmp_path / "reversed/model.ckpt").unlink()
+    ms.save_checkpoint([{"name": n, "data": params[n]} for n in reversed(params)],
+                       str(tmp_path / "reversed/model.ckpt"))
+    for name in ("ms", "reversed"):
+        assert run_cli("ms2hf", tmp_path / name, tmp_path / f"hf-{name}", "--max-shard-size", "100KB").returncode == 0
+    files = {name: {p.name: p.read_bytes() for p in sorted((tmp_path / f"hf-{name}").iterdir())
+                    if p.name != "conversion.json"} for name in ("ms", "reversed")}
+    assert files["ms"] == files["reversed"]   # byte for byte, shards and index included
+    index = json.loads((tmp_path / "hf-ms/model.safetensors.index.json").read_text())["weight_map"]
+    order = []
+    for shard in dict.fromkeys(index.values()):   # shards cut in the order the tensors are written
+        header, _ = read_header(tmp_path / "hf-ms" / shard)
+        order += sorted(header, key=lambda n: header[n].ranges.segments[0][0])
+    layers = [int(n.split(".")[2]) for n in order if n.startswith("model.layers.")]
+    assert order[0] == "model.embed_tokens.weight" and order[-2:] == ["model.norm.weight", "lm_head.weight"]
+    assert layers == sorted(layers) and len(set(layers)) > 1
+
+
 def test_training_state_is_skipped_and_reported(ms, tmp_path):
     convert_hf2ms(FIXTURES / "gqa-linear-rope", tmp_path / "ms")
     ckpt_path = tmp_path / "ms/model.ckpt"

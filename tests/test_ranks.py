@@ -1,13 +1,13 @@
 """Multi-rank MindSpore directories (a training run's output, pre-sliced rank_{k}/ outputs) read as the
 one model they hold, with MindSpore as the oracle: run directories are cut from a single-card conversion
 by `mindspore.transform_checkpoints` under strategies written for the test (tests/runs.py), with the
-optimizer state a training run saves, and our ms2hf of the run directory must give the tensors of our
-ms2hf of MindSpore's own merge of it, bit for bit.
+optimizer state a training run saves, and our ms2hf of the run directory must write, byte for byte,
+the files of our ms2hf of MindSpore's own merge of it.
 
 The full matrix (mp 2 and 4, pp 1 and 2, with and without optimizer shard, .ckpt and safetensors) runs
-on gqa-tied-bf16-sharded, the smallest fixture (tied: its embedding lives on both pipeline stages);
-every other fixture runs one representative case, and a --qkv-concat conversion one more, to keep the
-slicing (each case a MindSpore transform and merge) within the suite's budget."""
+on gqa-tied-bf16-sharded (tied: its embedding lives on both pipeline stages); every other fixture runs
+every layout a MindFormers run of it could save (fixture_cases), and a --qkv-concat conversion one
+more. Conversions and MindSpore's merges are made once per module and shared."""
 from __future__ import annotations
 
 import json
@@ -19,17 +19,39 @@ import pytest
 
 from llama_convert import HF2MSOptions, MS2HFOptions, convert_hf2ms, convert_ms2hf, plan_ms2hf
 from llama_convert.core.errors import ConvertError
+from llama_convert.core.options import parse_size
 from llama_convert.formats import ckpt, strategy as st
 
-from conftest import FIXTURE_DIRS, FIXTURES, refused, run_cli
+from conftest import FIXTURE_DIRS, FIXTURES, raw, refused, run_cli
 import runs
+from runs import LORA
 
 SMALLEST = "gqa-tied-bf16-sharded"
 MATRIX = [(mp, pp, opt, fmt) for fmt in ("ckpt", "safetensors") for mp in (2, 4) for pp in (1, 2)
           for opt in (False, True)]
-# One case per other fixture, the cases spread over the dimensions the matrix covers.
-SPREAD = [(2, 2, True, "ckpt"), (4, 1, False, "safetensors"), (4, 2, False, "ckpt"), (2, 1, True, "safetensors")]
-OTHERS = [(p.name, SPREAD[i % len(SPREAD)]) for i, p in enumerate(d for d in FIXTURE_DIRS if d.name != SMALLEST)]
+
+
+def fixture_cases(fixture: Path) -> list[tuple[int, int, bool, str]]:
+    """(mp, pp, optimizer shard, format) for every layout a MindFormers run of this model could save:
+    mp 2 and 4 where it divides the heads, KV heads, intermediate size and vocabulary (MindFormers
+    refuses n_kv_heads % mp != 0), pp 1 and 2 where it divides the layers, both formats. A model with
+    one KV head runs without model parallel: its cases are data parallel (mp 1). The optimizer shard
+    alternates over the cases."""
+    cfg = json.loads((fixture / "config.json").read_text())
+    heads = cfg["num_attention_heads"]
+    sizes = (heads, cfg.get("num_key_value_heads") or heads, cfg["intermediate_size"], cfg["vocab_size"])
+    mps = [mp for mp in (2, 4) if all(n % mp == 0 for n in sizes)] or [1]
+    pps = [pp for pp in (1, 2) if cfg["num_hidden_layers"] % pp == 0]
+    cases = []
+    for i, (fmt, mp, pp) in enumerate((f, m, p) for f in ("ckpt", "safetensors") for m in mps for p in pps):
+        opt = (i + i // len(pps)) % 2 == 1 or mp * pp == 1   # one device per stage: a data-parallel run
+        cases.append((mp, pp, opt, fmt))
+    return cases
+
+
+# The full matrix runs on the smallest fixture (mp 4 there too: MindSpore slices any layout, though
+# MindFormers would not train its 2 KV heads on 4 cards); every other fixture runs its own cases.
+OTHERS = [(p.name, case) for p in FIXTURE_DIRS if p.name != SMALLEST for case in fixture_cases(p)]
 
 
 class Runs:
@@ -37,30 +59,41 @@ class Runs:
 
     def __init__(self, ms, root: Path):
         self.ms, self.root = ms, root
-        self.singles: dict[tuple[str, bool], Path] = {}
+        self.singles: dict[tuple, Path] = {}
         self.runs: dict[tuple, tuple[Path, Path]] = {}
+        self.merges: dict[Path, Path] = {}
 
-    def single(self, fixture: str, qkv: bool = False) -> Path:
-        key = (fixture, qkv)
+    def single(self, fixture: str, qkv: bool = False, adapter: Path | None = None) -> Path:
+        """A single-card conversion, with `adapter` the base plus mindpet's factors and a pet_config."""
+        key = (fixture, qkv, adapter)
         if key not in self.singles:
-            out = self.root / f"single-{fixture}-{int(qkv)}"
-            convert_hf2ms(FIXTURES / fixture, out, HF2MSOptions(hash=False, qkv_concat=qkv))
+            out = self.root / f"single-{fixture}-{int(qkv)}-{len(self.singles)}"
+            convert_hf2ms(FIXTURES / fixture, out, HF2MSOptions(hash=False, qkv_concat=qkv,
+                                                               adapter=str(adapter) if adapter else None))
             self.singles[key] = out
         return self.singles[key]
 
     def run(self, fixture: str, mp: int, pp: int, opt: bool, fmt: str, qkv: bool = False,
-            saves: tuple = ((1, 8),)) -> tuple[Path, Path]:
-        """(run directory, merged strategy), the run's YAML placed beside its checkpoint/ as a user would."""
-        key = (fixture, mp, pp, opt, fmt, qkv, saves)
+            saves: tuple = ((1, 8),), adapter: Path | None = None) -> tuple[Path, Path]:
+        """(run directory, merged strategy), the run's YAML placed beside its checkpoint/ as a user would;
+        with `adapter` a LoRA run: base weights, mindpet factors, Adam state for the factors only."""
+        key = (fixture, mp, pp, opt, fmt, qkv, saves, adapter)
         if key not in self.runs:
-            single = self.single(fixture, qkv)
+            single = self.single(fixture, qkv, adapter)
             run = self.root / ("run-" + "-".join(map(str, key[:6])) + f"-{len(self.runs)}")
             tied = "lm_head.weight" not in {r.name for r in ckpt.scan(single / "model.ckpt")[0]}
+            layers = json.loads((FIXTURES / fixture / "config.json").read_text())["num_hidden_layers"]
             merged = runs.build_run(self.ms, single, run, mp=mp, pp=pp, dp=2 if opt else 1, opt=opt, fmt=fmt,
-                                    tied=tied, saves=saves)
+                                    tied=tied, saves=saves, layers=layers)
             shutil.copyfile(single / "llama_config.yaml", run / "llama_config.yaml")
             self.runs[key] = (run, merged)
         return self.runs[key]
+
+    def oracle(self, run: Path, merged: Path, fmt: str) -> Path:
+        """MindSpore's own merge of a run directory, made once."""
+        if run not in self.merges:
+            self.merges[run] = runs.oracle_merge(self.ms, run, merged, self.root / f"oracle-{run.name}", fmt)
+        return self.merges[run]
 
     def fresh(self, fixture: str = SMALLEST, **kw) -> tuple[Path, Path]:
         """A copy of a run directory a test may change."""
@@ -84,19 +117,30 @@ def hf_tensors(out: Path) -> dict[str, tuple[str, tuple, bytes]]:
     return found
 
 
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every file of an ms2hf output but conversion.json, which records the sources read (the rank files
+    and strategy here, MindSpore's merged file there) and so rightly differs."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "conversion.json"}
+
+
 def assert_same_as_mindspores_merge(built: Runs, tmp: Path, fixture: str, mp: int, pp: int, opt: bool, fmt: str,
-                                    qkv: bool = False) -> dict:
-    run, merged = built.run(fixture, mp, pp, opt, fmt, qkv)
-    oracle = runs.oracle_merge(built.ms, run, merged, tmp / "oracle", fmt)
-    yaml = run / "llama_config.yaml"
-    convert_ms2hf(oracle, tmp / "theirs", MS2HFOptions(hash=False), config=yaml)
-    ours = convert_ms2hf(run, tmp / "ours", MS2HFOptions(hash=False))
-    theirs_t, ours_t = hf_tensors(tmp / "theirs"), hf_tensors(tmp / "ours")
-    assert ours_t.keys() == theirs_t.keys() and len(ours_t) >= 14   # Phi-3 fuses q/k/v and gate/up: 14 tensors
-    different = [n for n in ours_t if ours_t[n] != theirs_t[n]]
+                                    qkv: bool = False, shard: str | None = None, adapter: Path | None = None,
+                                    merge_adapter: bool = False) -> dict:
+    """Our ms2hf of the run directory writes byte for byte the files of our ms2hf of MindSpore's merge of
+    it (`shard`: a --max-shard-size that cuts the output into several files with an index; `adapter`: a
+    LoRA run of that PEFT adapter, its way back OUT/adapter/ or with `merge_adapter` merged weights)."""
+    run, merged = built.run(fixture, mp, pp, opt, fmt, qkv, adapter=adapter)
+    oracle = built.oracle(run, merged, fmt)
+    options = MS2HFOptions(hash=False, merge_adapter=merge_adapter,
+                           **({"max_shard_size": parse_size(shard)} if shard else {}))
+    convert_ms2hf(oracle, tmp / "theirs", options, config=run / "llama_config.yaml")
+    ours = convert_ms2hf(run, tmp / "ours", options)
+    theirs_f, ours_f = output_files(tmp / "theirs"), output_files(tmp / "ours")
+    assert ours_f.keys() == theirs_f.keys()
+    assert len(hf_tensors(tmp / "ours")) >= 14   # Phi-3 fuses q/k/v and gate/up: 14 tensors
+    different = [n for n in ours_f if ours_f[n] != theirs_f[n]]
     assert not different, different
-    for name in ("config.json", "generation_config.json"):
-        assert (tmp / "ours" / name).read_bytes() == (tmp / "theirs" / name).read_bytes()
     return ours.record
 
 
@@ -116,11 +160,71 @@ def test_fused_qkv_slices_merge_and_split_back_as_mindspores_merge(built, tmp_pa
     assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, 2, 2, True, "ckpt", qkv=True)
 
 
+def test_a_sharded_way_back_cuts_the_same_shards_and_index_as_from_mindspores_merge(built, tmp_path):
+    assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, 4, 2, True, "safetensors", shard="20KB")
+    assert len(list((tmp_path / "ours").glob("model-*.safetensors"))) > 2
+
+
 def test_the_way_back_equals_the_model_that_went_in(built, tmp_path):
     run, _ = built.run(SMALLEST, 4, 2, True, "ckpt")
     convert_ms2hf(run, tmp_path / "hf", MS2HFOptions(hash=False))
     source = hf_tensors(FIXTURES / SMALLEST)
     assert hf_tensors(tmp_path / "hf") == source
+
+
+# ---------------------------------------------------------------- LoRA fine-tuning runs
+
+LORA_CASES = [(2, 1, "ckpt"), (1, 2, "safetensors")]   # model parallel (factors cut), pipeline stages
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(tmp_path_factory) -> Path:
+    """A PEFT LoRA on every projection of the smallest fixture (B non-zero, as after training): model
+    parallel cuts B of q/k/v/gate/up by rows and A of o/down by columns."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(FIXTURES / SMALLEST, dtype=torch.bfloat16)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, init_lora_weights=False, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("mp,pp,fmt", LORA_CASES, ids=[f"{f}-mp{m}-pp{p}" for m, p, f in LORA_CASES])
+def test_a_lora_run_comes_back_as_base_and_peft_adapter_as_from_mindspores_merge(built, tmp_path, peft_adapter,
+                                                                                  mp, pp, fmt):
+    record = assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, mp, pp, False, fmt, adapter=peft_adapter)
+    ours = tmp_path / "ours" / "adapter"
+    assert raw(ours) == raw(peft_adapter)   # the factors PEFT wrote, byte for byte
+    got, made = (json.loads((d / "adapter_config.json").read_text()) for d in (ours, peft_adapter))
+    assert {**got, "target_modules": sorted(got["target_modules"])} == \
+        {**made, "target_modules": sorted(made["target_modules"])}
+    skipped = {s["name"] for s in record["skipped"]}
+    assert "adam_m.model.layers.0.attention.wq.mindpet_delta_lora_a" in skipped
+    assert not any(n.startswith("adam_m.") and LORA not in n for n in skipped)   # the base was frozen
+
+
+def test_peft_loads_a_lora_runs_adapter_onto_its_base(built, tmp_path, peft_adapter):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    run, _ = built.run(SMALLEST, 2, 1, False, "ckpt", adapter=peft_adapter)
+    convert_ms2hf(run, tmp_path / "hf", MS2HFOptions(hash=False))
+    ids = torch.arange(1, 17).reshape(1, -1)
+    with torch.no_grad():
+        ours = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), tmp_path / "hf" / "adapter")
+        made = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(FIXTURES / SMALLEST), peft_adapter)
+        assert torch.equal(ours.eval()(ids).logits, made.eval()(ids).logits)
+
+
+def test_a_lora_run_merged_comes_back_as_mindspores_merge_merged(built, tmp_path, peft_adapter):
+    assert_same_as_mindspores_merge(built, tmp_path, SMALLEST, 2, 2, False, "ckpt", adapter=peft_adapter,
+                                    merge_adapter=True)
+    assert not (tmp_path / "ours" / "adapter").exists()
+    assert hf_tensors(tmp_path / "ours") != hf_tensors(FIXTURES / SMALLEST)   # the delta is in the weights
 
 
 def test_optimizer_state_and_bookkeeping_are_skipped_and_listed(built, tmp_path):

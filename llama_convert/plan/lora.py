@@ -166,7 +166,10 @@ def ms2hf(lora: dict[str, TensorRef], pet: dict | None, record: dict | None, edg
     rank, alpha, dropout, target = pet_settings(pet, where)
     by_ms = {e.ms: e for e in edges.edges}
     lp = LoraPlan()
-    modules = mindpet_modules(lora, where)
+    # In the model's order (layer by layer), not the source's: the adapter's files then depend on the
+    # factors alone, not on how a checkpoint (one card, a training run's ranks) stored them.
+    position = {e.ms: k for k, e in enumerate(edges.edges)}
+    modules = sorted(mindpet_modules(lora, where), key=lambda m: position.get(m.weight, len(position)))
     per_layer: dict[int, set[str]] = {i: set() for i in range(num_layers)}
     hf_modules: dict[str, int] = {}
     out_dtype = factor_dtype(list(lora.values()), dtype, None)

@@ -25,7 +25,7 @@ from ..core.dtypes import dtype as _dtype
 from ..table.edges import account, expand
 from ..core.errors import ConvertError
 from ..table.loader import select_for_hf, select_for_ms
-from ..table.schema import Table, describe_layers, layers_present
+from ..table.schema import Table, describe_layers, layer_names, layers_present
 from ..core.options import HF2MSOptions, MS2HFOptions, Parallel
 from ..formats.safetensors import shard_names
 
@@ -201,6 +201,7 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
                 tensors.append(PlannedTensor(name, shape, hf_dtype, (e.ms,), src_dtype, e.op,
                                              part=None if e.op == "copy" else part))
     notes += lossy_notes(edges.edges, "hf")
+    tensors = hf_order(table, tensors, mc["num_layers"])
     plan = Plan(source, table, options, Translation(mc, notes=notes), tensors, seen.skipped, [], direction="ms2hf",
                 weight_metadata={"format": "pt"})
     if source.lora:
@@ -213,6 +214,19 @@ def build_ms2hf_plan(source: Checkpoint, options: MS2HFOptions, table: Table | N
     assign_shards(plan)
     plan.hf_config, plan.generation_config = hf_config, gen
     return plan
+
+
+def hf_order(table: Table, tensors: list[PlannedTensor], num_layers: int) -> list[PlannedTensor]:
+    """The way back's tensors in a HF checkpoint's module order: the embedding, each decoder layer in turn
+    (its tensors in table order), the other whole-model tensors (the final norm), the lm_head. Shards
+    are cut and files written in this order, never the source's, so one model gives the same files
+    from any checkpoint of it: one card, a training run's ranks, MindSpore's merge of them."""
+    rank: dict[str, tuple[int, int, int]] = {}
+    for k, (key, spec) in enumerate(table.hf_tensors.items()):
+        for layer, name in layer_names(spec.name, num_layers):
+            group = {"embed": 0, "lm_head": 3}.get(key, 2 if layer is None else 1)
+            rank[name] = (group, layer or 0, k)
+    return sorted(tensors, key=lambda t: rank.get(t.name, (4, 0, 0)))
 
 
 def lossy_notes(edges, side: str) -> list[str]:

@@ -229,8 +229,14 @@ def fold_rslora(alpha: float, rank: int, path: Path) -> float:
 
 
 def split_mindpet(tensors: dict[str, TensorRef]) -> dict[str, TensorRef]:
-    """Take mindpet's LoRA factors out of a MindSpore checkpoint's tensors (in place); return them."""
-    lora = {n: r for n, r in tensors.items() if n.endswith((f".{MINDPET_A}", f".{MINDPET_B}"))}
+    """Take mindpet's LoRA factors out of a MindSpore checkpoint's tensors (in place); return them.
+
+    A LoRA training run also saves optimizer state for each factor under the factor's name with a prefix
+    (adam_m.<factor>, exp_avg_sq_row_<factor>, ...): a name that ends in another factor's name is such
+    state, left among the tensors for the table's skip rules."""
+    named = {n for n in tensors if n.endswith((f".{MINDPET_A}", f".{MINDPET_B}"))}
+    state = {n for n in named if any(c in "._" and n[i + 1:] in named for i, c in enumerate(n))}
+    lora = {n: tensors[n] for n in tensors if n in named and n not in state}
     for n in lora:
         del tensors[n]
     return lora

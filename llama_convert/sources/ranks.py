@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapter import split_mindpet
 from .checkpoint import TOKENIZER_FILES, Checkpoint
-from .ms import find_yaml, read_mindformers_yaml, read_ms_headers
+from .ms import adapter_record, find_yaml, read_mindformers_yaml, read_ms_headers
 from ..core.errors import ConvertError
 from ..formats import strategy as strat
 from ..formats.files import check_regular, read_small
@@ -377,6 +378,8 @@ def open_rank_dir(path: Path, config: Path | None = None, step: str | None = Non
     merged = merge(path, step, strategy)
     cfg_path = config or _yaml(Path(path), merged)
     mc, table = read_mindformers_yaml(cfg_path, "pass --config with the YAML the run was trained with")
+    pet = mc.pop("pet_config", None)   # a LoRA run: how the model was fine-tuned, not what it is
+    lora = split_mindpet(merged.tensors)
     root = merged.root
     weight_files = [merged.rank_files.files[k] for k in sorted(merged.rank_files.files)]
     index = {f: i for i, f in enumerate(weight_files)}
@@ -384,7 +387,8 @@ def open_rank_dir(path: Path, config: Path | None = None, step: str | None = Non
     tokenizer = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     return Checkpoint(root, mc, None, merged.tensors, weight_files, None, shard_of, tokenizer, config_path=cfg_path,
                       non_tensors=merged.non_tensors, recorded_table=table, other_inputs=merged.strategy_files,
-                      ranks=describe(merged))
+                      ranks=describe(merged), lora=lora, pet_config=pet,
+                      adapter_record=adapter_record(cfg_path) if lora else None)
 
 
 def _yaml(path: Path, merged: Merged) -> Path:
