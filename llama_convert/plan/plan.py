@@ -226,7 +226,8 @@ def hf_order(table: Table, tensors: list[PlannedTensor], num_layers: int) -> lis
         for layer, name in layer_names(spec.name, num_layers):
             group = {"embed": 0, "lm_head": 3}.get(key, 2 if layer is None else 1)
             rank[name] = (group, layer or 0, k)
-    return sorted(tensors, key=lambda t: rank.get(t.name, (4, 0, 0)))
+    # by name last: a tensor the table does not place must not fall back on the source's order
+    return sorted(tensors, key=lambda t: (*rank.get(t.name, (4, 0, 0)), t.name))
 
 
 def lossy_notes(edges, side: str) -> list[str]:
