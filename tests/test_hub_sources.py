@@ -108,3 +108,55 @@ def test_a_hub_cache_folder_without_snapshots_is_named_as_one(tmp_path):
     repo = tmp_path / "hub" / "models--org--tiny"
     (repo / "blobs").mkdir(parents=True)
     refused(run("hf2ms", repo, tmp_path / "out"), str(repo), "hub cache folder with no snapshots/", "--download")
+
+
+def bulk_rows(manifest: Path, rows: list[dict], *args: str, hub: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run("bulk", manifest, *args, hub=hub)
+    if "--dry-run" in args:
+        return proc, json.loads(proc.stdout)["rows"]
+    return proc, json.loads((manifest.parent / "bulk-report.json").read_text())["rows"]
+
+
+def test_a_bulk_rows_src_may_be_a_repo_id_found_in_the_hub_cache_at_the_rows_revision(tmp_path):
+    two_revisions(tmp_path / "hub")
+    proc, rows = bulk_rows(tmp_path / "m.jsonl", [{"src": "org/tiny", "out": "main"},
+                                                  {"src": "org/tiny", "out": "v2", "revision": "v2"}],
+                           "--jobs", "1", hub=tmp_path / "hub")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["status"] for r in rows] == ["converted", "converted"]
+    assert [(r["repo"], r["commit"]) for r in rows] == [("org/tiny", MAIN), ("org/tiny", V2)]
+    assert source_of(tmp_path / "main")["hub"]["commit"] == MAIN and source_of(tmp_path / "v2")["hub"]["commit"] == V2
+
+
+def test_a_bulk_rows_repo_id_the_cache_lacks_fails_that_row_alone_naming_manifest_and_line_and_fetches_nothing(tmp_path):
+    make_hub_cache(tmp_path / "hub", SRC, "org/tiny", MAIN)
+    m = tmp_path / "m.jsonl"
+    proc, rows = bulk_rows(m, [{"src": "org/absent", "out": "absent"}, {"src": "org/tiny", "out": "tiny"}],
+                           "--jobs", "1", hub=tmp_path / "hub")
+    assert proc.returncode == 2 and [r["status"] for r in rows] == ["invalid", "converted"], proc.stderr
+    reason = rows[0]["reason"]
+    assert reason.startswith(f"{m}: line 1: src org/absent: source directory not found") and "\n" not in reason
+    assert '"download": true' in reason and "revision 'main'" in reason
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["models--org--tiny"]
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_dry_run_fetches_nothing_even_for_a_row_that_may_download(tmp_path):
+    (tmp_path / "hub").mkdir()
+    proc, rows = bulk_rows(tmp_path / "m.jsonl", [{"src": "org/absent", "out": "absent", "download": True}],
+                           "--dry-run", "--json", hub=tmp_path / "hub")
+    assert proc.returncode == 2 and rows[0]["action"] == "invalid"
+    assert "org/absent: not in the local hub cache; a run fetches it first (download), a dry run does not" in rows[0]["reason"]
+    assert list((tmp_path / "hub").iterdir()) == []
+
+
+def test_revision_and_download_are_keys_of_an_hf2ms_row_only(tmp_path):
+    from llama_convert.bulk.manifest import read_manifest
+    m = tmp_path / "m.jsonl"
+    (tmp_path / "ms").mkdir()
+    m.write_text(json.dumps({"src": str(tmp_path / "ms"), "out": "o", "direction": "ms2hf", "revision": "v2"}) + "\n"
+                 + json.dumps({"src": str(SRC), "out": "p", "download": "maybe"}) + "\n")
+    ms2hf, hf2ms = read_manifest(m)
+    assert "revision is not an option of ms2hf" in ms2hf.problem
+    assert "line 2: download" in hf2ms.problem

@@ -6,9 +6,10 @@ safetensors, load_distributed_checkpoint(None, ..., unified_safetensors_dir=...)
 mindspore.parallel.unified_safetensors merges (MindSpore 2.9.0's transform_checkpoints cuts column
 blocks of safetensors wrongly, so it is not the oracle there).
 
-The whole matrix (both formats, with and without --qkv-concat, mp 1/2/4, pp 1/2) runs on the fixture
-every mp divides (mha-untied-fp32: 4 KV heads); every other fixture runs its widest layout in one
-format, alternating, and its refusals. Conversions are shared per module.
+The whole matrix (both formats, with and without --qkv-concat, mp 1/2/4, pp 1/2) runs on every fixture,
+the cases derived from its config.json: the mp its heads, KV heads, intermediate and hidden sizes divide
+and the pp its layers allow; each mp that does not divide is a refusal case. Conversions are shared
+per module.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, refused, run_cli
+from conftest import FIXTURE_DIRS, FIXTURES, refused, run_cli
 from llama_convert import ConvertError
 from llama_convert.api import convert_hf2ms, plan_hf2ms
 from llama_convert.core.options import HF2MSOptions, Parallel, flags
@@ -29,19 +30,39 @@ from llama_convert.formats import ckpt, safetensors
 from llama_convert.formats import strategy as st
 from llama_convert.formats.payload import FileRanges, InMemory, block_runs, pick, read_all
 
-FULL = "mha-untied-fp32"
-LAYOUTS = ["mp=1", "mp=2", "mp=4", "mp=1,pp=2", "mp=2,pp=2", "mp=4,pp=2"]
-# The other fixtures: the widest layout MindFormers allows them (KV heads 2 -> mp 2; 1 -> mp 1).
-WIDEST = {"gqa-linear-rope": ("ckpt", False, "mp=2,pp=2"), "gqa-llama3-rope": ("safetensors", True, "mp=2,pp=2"),
-          "gqa-tied-bf16-sharded": ("ckpt", True, "mp=2,pp=2"),
-          "mistral-nowindow-fp16-bin": ("safetensors", False, "mp=2,pp=2"),
-          "mistral-window128-tied-fp32": ("ckpt", False, "mp=1,pp=2"),
-          "mqa-bias-fp16-bin": ("safetensors", True, "mp=1,pp=2"),
-          "qwen2-tied-bf16": ("safetensors", False, "mp=2,pp=2,dp=2"),
-          "qwen2-untied-fp32-sharded": ("ckpt", True, "mp=1,pp=2")}
-CASES = ([(FULL, fmt, qkv, lay) for fmt in ("ckpt", "safetensors") for qkv in (False, True) for lay in LAYOUTS]
-         + [(FULL, "ckpt", False, "mp=2,dp=2,vocab_emb_dp=false"), (FULL, "safetensors", True, "mp=4,vocab_emb_dp=false")]
-         + [(name, *case) for name, case in WIDEST.items()])
+FULL = "mha-untied-fp32"  # the fixture every mp of the matrix divides (4 KV heads)
+MPS, PPS = (1, 2, 4), (1, 2)
+
+
+def _config(name: str) -> dict:
+    return json.loads((FIXTURES / name / "config.json").read_text())
+
+
+def must_divide(name: str) -> dict[str, int]:
+    """The sizes MindFormers' Llama gives every model-parallel card an equal share of, from config.json."""
+    c = _config(name)
+    return {"num_attention_heads": c["num_attention_heads"],
+            "num_key_value_heads": c.get("num_key_value_heads") or c["num_attention_heads"],
+            "intermediate_size": c["intermediate_size"], "hidden_size": c["hidden_size"]}
+
+
+def divides(name: str, mp: int) -> bool:
+    return all(size % mp == 0 for size in must_divide(name).values())
+
+
+def layout_of(mp: int, pp: int) -> str:
+    return f"mp={mp}" + (f",pp={pp}" if pp > 1 else "")
+
+
+# Every fixture, both formats, with and without --qkv-concat, every mp of MPS its config divides and every
+# pp of PPS its layers allow; then data parallel and a vocabulary cut by rows.
+CASES = ([(p.name, fmt, qkv, layout_of(mp, pp)) for p in FIXTURE_DIRS for mp in MPS if divides(p.name, mp)
+          for pp in PPS if pp <= _config(p.name)["num_hidden_layers"]
+          for fmt in ("ckpt", "safetensors") for qkv in (False, True)]
+         + [(FULL, "ckpt", False, "mp=2,dp=2,vocab_emb_dp=false"), (FULL, "safetensors", True, "mp=4,vocab_emb_dp=false"),
+            ("qwen2-tied-bf16", "safetensors", False, "mp=2,pp=2,dp=2")])
+# The widest layout each fixture allows, for the tests that need one per fixture.
+WIDEST = {p.name: layout_of(max(mp for mp in MPS if divides(p.name, mp)), 2) for p in FIXTURE_DIRS}
 
 
 def _id(case) -> str:
@@ -51,7 +72,8 @@ def _id(case) -> str:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    """(fixture, format, qkv, layout or None) -> its conversion, made once per module."""
+    """(fixture, format, qkv, layout or None) -> its conversion, made once per module, without the sha256
+    of each file (the hashes are checked by their own test, on a conversion of its own)."""
     made: dict = {}
     root = tmp_path_factory.mktemp("parallel")
 
@@ -59,7 +81,8 @@ def outputs(tmp_path_factory):
         key = (name, fmt, qkv, layout)
         if key not in made:
             out = root / f"{len(made)}"
-            convert_hf2ms(FIXTURES / name, out, HF2MSOptions(format=fmt, qkv_concat=qkv, parallel=layout))
+            convert_hf2ms(FIXTURES / name, out, HF2MSOptions(format=fmt, qkv_concat=qkv, parallel=layout,
+                                                                  hash=False))
             made[key] = out
         return made[key]
     return get
@@ -128,6 +151,16 @@ def test_mindspore_cuts_the_single_card_conversion_into_our_ranks_and_merges_our
     assert merged == single_tensors(single)
 
 
+def test_the_matrix_gives_every_fixture_each_mp_either_as_cases_in_both_formats_or_as_a_refusal():
+    for p in FIXTURE_DIRS:
+        cut = {int(lay.split(",")[0][3:]) for name, _, _, lay in CASES if name == p.name}
+        refused_mps = {mp for name, mp in REFUSED_MPS if name == p.name}
+        assert cut | refused_mps >= set(MPS) and not cut & refused_mps and 1 in cut, p.name
+        assert {(fmt, qkv, lay) for name, fmt, qkv, lay in CASES if name == p.name} >= {
+            (fmt, qkv, layout_of(1, pp)) for fmt in ("ckpt", "safetensors") for qkv in (False, True) for pp in PPS}
+    assert {lay for *_, lay in CASES} >= {layout_of(mp, pp) for mp in MPS for pp in PPS}
+
+
 def test_model_parallel_ranks_hold_distinct_row_and_column_blocks_and_data_parallel_ranks_repeat_them(outputs):
     out = outputs(FULL, "ckpt", False, "mp=2,dp=2,vocab_emb_dp=false")
     ranks = [tensors(out / f"rank_{k}" / f"checkpoint_{k}.ckpt") for k in range(4)]
@@ -170,9 +203,10 @@ def test_layers_go_to_stages_as_mindformers_layer_setting_assigns_them_with_the_
     assert [int(s) for s in setting.pp_ids] == stages
 
 
-def test_the_strategy_files_are_mindspores_per_stage_files_and_conversion_json_hashes_every_rank_file(outputs):
+def test_the_strategy_files_are_mindspores_per_stage_files_and_conversion_json_hashes_every_rank_file(tmp_path):
     import mindspore
-    out = outputs(FULL, "safetensors", False, "mp=2,pp=2")
+    out = tmp_path / "out"
+    convert_hf2ms(FIXTURES / FULL, out, HF2MSOptions(format="safetensors", parallel="mp=2,pp=2"))
     assert sorted(p.name for p in (out / "strategy").iterdir()) == ["ckpt_strategy_rank_0.ckpt",
                                                                      "ckpt_strategy_rank_2.ckpt"]
     layouts = mindspore.build_searched_strategy(str(out / "strategy" / "ckpt_strategy_rank_0.ckpt"))
@@ -214,8 +248,7 @@ def test_every_parallel_yaml_passes_mindformers_validators(device, tmp_path):
     from mindformers.core.context.validators import execute_validator
     from mindformers.tools.register import MindFormerConfig
     from llama_convert.output.run_yaml import yaml_text
-    widest = {**{n: c[2] for n, c in WIDEST.items()}, FULL: "mp=4,pp=2"}
-    for name, layout in widest.items():
+    for name, layout in WIDEST.items():
         for spec in (layout, "mp=1,pp=2,dp=2,vocab_emb_dp=false"):
             plan = plan_hf2ms(FIXTURES / name, HF2MSOptions(device=device, parallel=spec))
             path = tmp_path / f"{name}-{spec}.yaml"
@@ -223,17 +256,28 @@ def test_every_parallel_yaml_passes_mindformers_validators(device, tmp_path):
             execute_validator(MindFormerConfig(str(path)))
 
 
-@pytest.mark.parametrize("name,layout,dimension,works", [
-    ("gqa-linear-rope", "mp=4", "num_key_value_heads is 2", "use mp = 1, 2"),
-    ("mqa-bias-fp16-bin", "mp=2", "num_key_value_heads is 1", "use mp = 1"),
-    (FULL, "mp=8", "num_attention_heads is 4", "use mp = 1, 2, 4"),
-    (FULL, "mp=3", "num_attention_heads is 4", "use mp = 1, 2, 4"),
-    (FULL, "mp=1,pp=3", "fewer than the pipeline stages", "use pp <= 2")])
-def test_a_layout_mindformers_refuses_is_refused_naming_the_dimension_and_the_values_that_work(
-        name, layout, dimension, works):
+# Every (fixture, mp) whose config does not divide, for the mp of the matrix and two more (3, 8).
+REFUSED_MPS = [(p.name, mp) for p in FIXTURE_DIRS for mp in (*MPS, 3, 8) if not divides(p.name, mp)]
+
+
+@pytest.mark.parametrize("name,mp", REFUSED_MPS, ids=[f"{n}-mp={mp}" for n, mp in REFUSED_MPS])
+def test_a_model_parallel_mindformers_refuses_is_refused_naming_the_dimension_and_the_values_that_work(name, mp):
     with pytest.raises(ConvertError) as e:
-        plan_hf2ms(FIXTURES / name, HF2MSOptions(parallel=layout))
-    assert dimension in str(e.value) and works in str(e.value)
+        plan_hf2ms(FIXTURES / name, HF2MSOptions(parallel=f"mp={mp}"))
+    said, sizes = str(e.value), must_divide(name)
+    assert any(f"{key} is {size}, which model_parallel {mp} does not divide" in said
+               for key, size in sizes.items() if size % mp), said
+    works = [m for m in range(1, max(sizes.values()) + 1) if divides(name, m)]
+    assert f"(use mp = {', '.join(map(str, works))})" in said, said
+
+
+@pytest.mark.parametrize("name", [p.name for p in FIXTURE_DIRS])
+def test_more_pipeline_stages_than_layers_is_refused_naming_the_layer_count(name):
+    layers = _config(name)["num_hidden_layers"]
+    with pytest.raises(ConvertError) as e:
+        plan_hf2ms(FIXTURES / name, HF2MSOptions(parallel=f"mp=1,pp={layers + 1}"))
+    assert f"has {layers} layers, fewer than the pipeline stages" in str(e.value)
+    assert f"(use pp <= {layers})" in str(e.value)
 
 
 def test_the_refusal_is_one_line_and_exit_2_with_nothing_written(tmp_path):

@@ -42,12 +42,19 @@ def test_small_windows_write_the_same_bytes_as_large_ones(tmp_path, monkeypatch,
     assert weights(tmp_path / "small") == weights(tmp_path / "large")
 
 
-def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset():
-    plan = plan_hf2ms(SRC, HF2MSOptions(qkv_concat=True, dtype="float16"))
+# Llama's q, k, v (and gate, up) fused from separate tensors; Phi-3's packed [q; k; v] (and [gate; up])
+# regrouped: one source whose runs land out of output order.
+FUSING = {SRC.name: {"qkv_grouped", "gate_up_interleaved"},
+          "phi3-tied-fp32": {"qkv_contiguous_to_grouped", "gate_up_contiguous_to_interleaved"}}
+
+
+@pytest.mark.parametrize("name", FUSING)
+def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset(name):
+    plan = plan_hf2ms(FIXTURES / name, HF2MSOptions(qkv_concat=True, dtype="float16"))
     make, ctx = Materializer(plan), plan.op_context()
     rng = np.random.default_rng(0)
     fused = [pt for pt in plan.tensors if pt.op != "copy"]
-    assert {pt.op for pt in fused} == {"qkv_grouped", "gate_up_interleaved"}
+    assert {pt.op for pt in fused} == FUSING[name]
     for pt in fused:
         refs = [plan.source.tensors[s] for s in pt.sources]
         arrays = [cast(r.read(), r.dtype, pt.dtype) for r in refs]
@@ -61,12 +68,13 @@ def test_fused_tensors_stream_exactly_what_the_op_computes_at_any_offset():
             assert bytes(view) == expected[a:b].tobytes(), (pt.name, a, b)
 
 
-def test_parts_of_sliced_fused_tensors_come_back_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", FUSING)
+def test_parts_of_sliced_fused_tensors_come_back_exactly(tmp_path, monkeypatch, name):
     # w_qkv and w_gate_hidden cut into 1000-byte slices: their parts cross slice boundaries mid-run.
-    convert_hf2ms(SRC, tmp_path / "ms", HF2MSOptions(qkv_concat=True, ckpt_slice_bytes=1000))
+    convert_hf2ms(FIXTURES / name, tmp_path / "ms", HF2MSOptions(qkv_concat=True, ckpt_slice_bytes=1000))
     monkeypatch.setattr(payload, "WINDOW", SMALL_WINDOW)
     convert_ms2hf(tmp_path / "ms", tmp_path / "hf")
-    back, orig = raw(tmp_path / "hf"), raw(SRC)
+    back, orig = raw(tmp_path / "hf"), raw(FIXTURES / name)
     orig.pop("lm_head.weight", None)
     assert back == orig
 

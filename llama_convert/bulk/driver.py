@@ -130,18 +130,19 @@ def _check_writable_file(path: Path, what: str) -> None:
             return
 
 
-def prepare(manifest: Path, options: BulkOptions, planner: Planner | None = None
+def prepare(manifest: Path, options: BulkOptions, planner: Planner | None = None, fetch: bool = True
             ) -> tuple[list[PlannedRow], dict[str, dict]]:
+    """`fetch`: rows that say `download` fetch a hub repo the cache lacks (a dry run passes False)."""
     manifest = Path(manifest).absolute()
-    rows, carried = _read(manifest, options)
+    rows, carried = _read(manifest, options, fetch)
     verified = verified_outputs(journal_path(report_path(manifest, options)))
     return plan_rows(manifest, rows, options.force, verified, planner), carried
 
 
-def _read(manifest: Path, options: BulkOptions) -> tuple[list[Row], dict[str, dict]]:
+def _read(manifest: Path, options: BulkOptions, fetch: bool = True) -> tuple[list[Row], dict[str, dict]]:
     """The rows this run is to run (all, or those an earlier report did not finish), and the rows that
     report carries over as they were."""
-    rows = read_manifest(manifest, options.defaults, _run_files(manifest, options))
+    rows = read_manifest(manifest, options.defaults, _run_files(manifest, options), fetch)
     if not options.retry_failed:
         return rows, {}
     before = _carried_rows(Path(options.retry_failed))
@@ -152,7 +153,7 @@ def _read(manifest: Path, options: BulkOptions) -> tuple[list[Row], dict[str, di
 
 def dry_run(manifest: Path, options: BulkOptions) -> dict:
     planner = Planner()
-    planned, _ = prepare(manifest, options, planner)
+    planned, _ = prepare(manifest, options, planner, fetch=False)
     budget = options.memory_budget or default_budget()
     rows = []
     for p in planned:

@@ -29,15 +29,18 @@ import yaml
 
 from ..core.errors import ConvertError
 from ..formats.files import read_small
-from ..core.options import HF2MSOptions, MS2HFOptions, boolean, flags, parse_value
+from ..core.options import HF2MSOptions, MS2HFOptions, SourceOptions, boolean, flags, parse_value
 from .overlap import MANIFEST, OUT, SOURCE, Named, Resolver, conflicts, summary
 
 # A row's options are its direction's declared options (core/options.py): the same names, values and checks
 # as on the command line. `config` (ms2hf) is where the source's YAML is, a path like src.
 OPTIONS = {"hf2ms": HF2MSOptions, "ms2hf": MS2HFOptions}
 DIRECTIONS = tuple(OPTIONS)
-OPTION_KEYS = {d: tuple(k for k, f in flags(cls).items() if f.manifest) + (("config",) if d == "ms2hf" else ())
-               for d, cls in OPTIONS.items()}
+# An hf2ms row's src may be a hub repo id, as hf2ms takes it: `revision` and `download` say which snapshot
+# and whether it may be fetched. They pick the source; they are not options of the conversion.
+SOURCE_KEYS = tuple(k for k, f in flags(SourceOptions).items() if f.manifest)
+OPTION_KEYS = {d: tuple(k for k, f in flags(cls).items() if f.manifest)
+               + (("config",) if d == "ms2hf" else SOURCE_KEYS) for d, cls in OPTIONS.items()}
 ROW_KEYS = ("src", "out", "id", "direction", "verify")
 NOTE_KEYS = ("repo", "commit", "note")   # recorded in the report, not acted on (bulk plan writes them)
 PATH_KEYS = ("src", "out", "config")
@@ -76,10 +79,13 @@ class Row:
                 "verify": self.verify, "options": self.options.as_dict() if self.options else None, **self.notes}
 
 
-def read_manifest(path: Path, cli_defaults: dict | None = None, also: list[tuple[Path, str, str]] = ()) -> list[Row]:
+def read_manifest(path: Path, cli_defaults: dict | None = None, also: list[tuple[Path, str, str]] = (),
+                  fetch: bool = True) -> list[Row]:
     """The manifest's rows, each checked (a row with a problem of its own carries it in `problem`).
     Raises one ConvertError naming every manifest-wide problem. `also`: more files of the run as (path,
-    kind, role): the report and its journal (overlap.REPORT), an earlier report (overlap.RETRY)."""
+    kind, role): the report and its journal (overlap.REPORT), an earlier report (overlap.RETRY).
+    A row's hub repo id is resolved in the local hub cache; `fetch`: a row that says `download` is
+    fetched here when the cache lacks it (a dry run passes False: it fetches nothing)."""
     path = Path(path)
     text = _decode(path, read_small(path, "bulk manifest", "check the manifest's path", MAX_MANIFEST_BYTES))
     defaults, raw = _parse(path, text)
@@ -90,7 +96,7 @@ def read_manifest(path: Path, cli_defaults: dict | None = None, also: list[tuple
         raise ConvertError(path, "holds no rows", "write one object per line with at least src and out")
     merged = {**(cli_defaults or {}), **defaults}
     parents: dict[Path, str | None] = {}
-    rows = [_row(path, where, values, merged, shape, parents) for where, values, shape in raw]
+    rows = [_row(path, where, values, merged, shape, parents, fetch) for where, values, shape in raw]
     del text, raw   # what was parsed is in the rows now; thousands of rows' worth
     given = [bool(r.id) for r in rows]
     rows = _with_ids(rows)
@@ -319,7 +325,7 @@ def _coerce(key: str, value):
     declare is read the same way by both), a flag of the row as true or false, anything else as text."""
     if key == "verify":
         return boolean(value)
-    for cls in OPTIONS.values():
+    for cls in (*OPTIONS.values(), SourceOptions):
         if key in flags(cls):
             if isinstance(value, str):
                 _text(value, key)   # bounded, no NUL: before any parser sees it
@@ -373,7 +379,8 @@ def _out_problem(out: Path, parents: dict[Path, str | None]) -> str | None:
     return f"out {out}: {parents[out.parent]}" if parents[out.parent] else None
 
 
-def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str], parents: dict) -> Row:
+def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str], parents: dict,
+         fetch: bool = True) -> Row:
     """The row, its values checked; what is wrong with it (each problem with its key) goes into
     `problem`, led by the manifest and the line, as the report and the row's stderr line show it."""
     bad = [*shape, *(unknown_key(k) for k in own if k not in KNOWN)]
@@ -395,7 +402,7 @@ def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str]
     options = None
     try:
         options = (HF2MSOptions if direction == "hf2ms" else MS2HFOptions)(
-            **{k: checked[k] for k in allowed if k in checked and k != "config"})
+            **{k: checked[k] for k in allowed if k in checked and k not in ("config", *SOURCE_KEYS)})
     except ValueError as e:
         bad.append(str(e))
     if getattr(options, "adapter", None) and not Path(options.adapter).is_absolute():
@@ -408,12 +415,43 @@ def _row(manifest: Path, where: str, own: dict, defaults: dict, shape: list[str]
                 paths[k] = _path(manifest.parent, checked[k])
             except RuntimeError as e:
                 bad.append(f"{k} {checked[k]}: {e}")
-    bad += _files_problems(paths, checked, parents)
+    hub: dict = {}
+    problem = None
+    if direction == "hf2ms" and "src" in paths:
+        source = SourceOptions(**{k: checked[k] for k in SOURCE_KEYS if k in checked})
+        paths["src"], hub, problem = _hub_source(paths["src"], checked["src"], source, fetch)
+        bad += [problem] if problem else []
+    bad += _files_problems({k: p for k, p in paths.items() if not (k == "src" and problem)}, checked, parents)
     out = paths.get("out")
     rid = checked.get("id") if isinstance(checked.get("id"), str) else ""
-    notes = {k: checked[k] for k in NOTE_KEYS if k in checked}
+    notes = {**hub, **{k: checked[k] for k in NOTE_KEYS if k in checked}}
     return Row(where, rid, paths.get("src"), out, direction, bool(checked.get("verify", False)), options,
                paths.get("config"), notes, f"{manifest}: {where}: " + "; ".join(bad) if bad else None)
+
+
+def _hub_source(path: Path, given: str, source: SourceOptions, fetch: bool) -> tuple[Path, dict, str | None]:
+    """(the directory, {"repo", "commit"} when it is a hub snapshot, the row's problem) for an hf2ms row's
+    src: a path (relative to the manifest) that exists, else a hub repo id at `revision`, resolved in
+    the local hub cache as hf2ms resolves it (a models--ORG--NAME cache folder too). Downloaded only
+    when the row says `download` (and `fetch`); a repo the cache lacks is this row's problem alone."""
+    from ..sources.hub import hub_origin, looks_like_repo_id, resolve_source
+    is_id = _stat(path) is None and looks_like_repo_id(given)
+    if not is_id and not source.revision and not path.name.startswith("models--"):
+        return path, {}, None   # a directory, or nothing (said as a missing source)
+    try:
+        if is_id and source.download and not fetch:
+            found = resolve_source(given, source.revision, False)
+        else:
+            found = resolve_source(given if is_id else path, source.revision, source.download)
+    except ConvertError as e:
+        said = e.one_line()
+        if is_id and source.download and not fetch:
+            said = f"{given}: not in the local hub cache; a run fetches it first (download), a dry run does not"
+        # hub.py speaks to the command line: a row sets keys
+        said = said.replace("pass --download", 'set "download": true on the row').replace("--revision", "revision")
+        return path, {}, f"src {said}"
+    origin = hub_origin(found)
+    return found, ({"repo": origin["repo_id"], "commit": origin["commit"]} if origin else {}), None
 
 
 def _files_problems(paths: dict[str, Path], given: dict, parents: dict) -> list[str]:

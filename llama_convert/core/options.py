@@ -301,9 +301,9 @@ class SourceOptions(Options):
     which snapshot, and whether it may be fetched. Not options of the conversion itself: conversion.json
     records the repo id and commit the source resolved to."""
     revision: str | None = option(None, "The snapshot of a hub repo id (or of a models--ORG--NAME cache folder) to "
-                                  "read: a branch, tag or commit.", metavar="REV", default_text="main", manifest=False)
+                                  "read: a branch, tag or commit.", metavar="REV", default_text="main")
     download: bool = option(False, "Fetch a hub repo id that the local hub cache (HF_HUB_CACHE / HF_HOME) does not "
-                            "hold, with huggingface_hub; never done without this flag.", manifest=False)
+                            "hold, with huggingface_hub; never done without this flag.")
 
 
 @dataclass(frozen=True)
