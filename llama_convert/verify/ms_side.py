@@ -27,6 +27,11 @@ class MSSide:
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_device(device)
+        if device == "CPU":
+            # PyNative queues each op for a worker thread and the Python thread spins until it ran: on CPU
+            # the two share the cores the kernels run on (on 2 cores this side took 1.5-2x as long, the
+            # same numbers). MindSpore has no way back, so a library caller's later ops run blocking too.
+            ms.runtime.launch_blocking()
         config_class = getattr(mindformers.models, table.mindformers.config_class)
         model_class = getattr(mindformers.models, table.mindformers.model_class)
         self.ms = ms
