@@ -156,7 +156,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     total = 2 * (int(cfg["num_layers"]) + 3)
     hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
                 reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
-    ref = hf.logits(ids)
+    ref = hf.logits(ids, keep_buffers=stream)
     mindformers.result()
     differences = config_differences(ms_plan.table, hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
     differences += [f"generation.{d}" for d in generation_differences(ms_plan.table, hf_plan.source.generation_config, cfg)]
@@ -166,7 +166,7 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     weights = {n: r for n, r in ms_plan.source.tensors.items() if n in {s for t in ms_plan.tensors for s in t.sources}}
     ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length,
                 (weights if merged else ms_plan.source.tensors) if stream else None, on_stage, total,
-                merged=weights if merged and not stream else None)
+                merged=weights if merged and not stream else None, buffers=hf.buffers if stream else None)
     ms.stages.done = total // 2  # the HF side's stages came first
     got = ms.logits(ids)
 
