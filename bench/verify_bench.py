@@ -4,7 +4,7 @@ streamed, and against an earlier version's verify (the fixed-tolerance gate) on 
 
     .venv/bin/python bench/verify_bench.py [--cache bench/cache] [--rounds 2]
         [--models llama-3.2-1b-x16 llama-3.2-3b-x16] [--big llama-3.1-8b-x16 | --no-big]
-        [--baseline DIR] [--keep] [--out verify_results]
+        [--baseline DIR] [--keep] [--no-whole] [--out verify_results]
 
 The checkpoints come from bench/make_checkpoints.py (seeded, cached; NAME-x16 has its embedding and
 lm_head scaled by 16, so logits have a trained model's size; the 8B one is 15 GiB) and are converted
@@ -117,14 +117,15 @@ def verify_cmd(src: Path, ms_dir: Path, mode: str, baseline: Path | None = None)
     return [CLI, *args]
 
 
-def bench_model(name: str, cache: Path, rounds: int, baseline: Path | None, big: bool, keep: bool) -> dict:
+def bench_model(name: str, cache: Path, rounds: int, baseline: Path | None, big: bool, keep: bool,
+                whole: bool = True) -> dict:
     src = make(name, cache)
     out = cache / f"{name}-verify-ms"
     if big:
         shutil.rmtree(out, ignore_errors=True)
     ms_dir, conversion = converted(src, out)
     estimate, avail = whole_estimate(src), available()
-    modes = (["whole"] if estimate <= avail and not big else []) + ["streamed"] + (["baseline"] if baseline else [])
+    modes = (["whole"] if whole and estimate <= avail and not big else []) + ["streamed"] + (["baseline"] if baseline else [])
     row = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load_average": os.getloadavg(), "whole_estimate_bytes": estimate, "available_bytes": avail,
            "hf2ms": conversion if big else None, "runs": {m: [] for m in modes}}
@@ -160,7 +161,8 @@ def table(rows: list[dict]) -> str:
         base = best(row["runs"].get("baseline", []), (0, 1))
         worst = s and s.get("worst_place")
         w = f"{whole['seconds']:.0f}, {whole['peak_rss_bytes'] / GIB:.1f}" if whole else \
-            f"not run: needs ~{row['whole_estimate_bytes'] / GIB:.0f} GiB"
+            (f"not run: needs ~{row['whole_estimate_bytes'] / GIB:.0f} GiB"
+             if row["whole_estimate_bytes"] > row["available_bytes"] else "not run")
         b = f"{base['seconds']:.0f}, {base['peak_rss_bytes'] / GIB:.1f}, {base['exit']}" if base else "-"
         load = "/".join(f"{x:.1f}" for x in row["load_average"])
         if not s:
@@ -217,12 +219,14 @@ def main() -> None:
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--baseline", type=Path, default=None, help="a checkout whose verify is timed beside this one")
     ap.add_argument("--keep", action="store_true", help="keep the 8B conversion output")
+    ap.add_argument("--no-whole", action="store_true", help="streamed runs only (and the baseline's)")
     ap.add_argument("--out", default="verify_results",
                     help="results as bench/OUT.json and bench/OUT.md (e.g. verify_speed_results for a --baseline run)")
     args = ap.parse_args()
-    rows = [bench_model(name, args.cache, args.rounds, args.baseline, False, args.keep) for name in args.models]
+    rows = [bench_model(name, args.cache, args.rounds, args.baseline, False, args.keep, not args.no_whole)
+            for name in args.models]
     if not args.no_big:
-        rows.append(bench_model(args.big, args.cache, 1, args.baseline, True, args.keep))
+        rows.append(bench_model(args.big, args.cache, 1, args.baseline, True, args.keep, False))
     # Rows of models not measured in this run are kept from earlier runs (each row has its own load
     # average and time), so the 8B shape and the small ones can be measured separately.
     results = HERE / f"{args.out}.json"
