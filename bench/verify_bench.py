@@ -238,7 +238,8 @@ def main() -> None:
                   key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     header = (f"Measured on {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
               f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB RAM, verify on CPU (float32), "
-              f"batch 2 x 64, fastest of {args.rounds} interleaved rounds for the small shapes, one run of the big one.")
+              f"batch 2 x 64, fastest of the interleaved rounds for the small shapes ({args.rounds} in the latest run; "
+              "every round is in the side-by-side table), one run of the big one.")
     text = header + "\n\n" + table(rows) + "\n"
     if args.baseline:
         text += (f"\nThis checkout against the baseline {args.baseline}, streamed, on the same conversion, rounds "
