@@ -1,12 +1,17 @@
 """The parity gate: both models on the same tokens, every place compared, one verdict."""
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..console.quiet import import_mindformers
 from ..core.errors import ConvertError
 from ..core.machine import available_memory, peak_rss
 from ..sources.ms import ms_checkpoint_files
@@ -35,6 +40,45 @@ def greedy(step, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         ids.append(int(np.argmax(step(ids))))
     return ids[len(prompt):]
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """The cyclic garbage collector off, for importing the frameworks: an import makes millions of
+    objects that all live on, and each collection it triggers walks them all again (~1 s of the
+    imports' CPU time). Only while nothing else runs: the collector is process-wide, and paused beside
+    the HF side's forward it let that side's garbage grow the peak RSS by ~0.1 GiB."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class Background:
+    """fn() run in a thread; result() waits for it and returns its value or raises its exception."""
+
+    def __init__(self, fn):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=f"llama-convert {fn.__name__}")
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def compare(hf: HFSide, ms: MSSide, ref_logits: np.ndarray, got: np.ndarray, seq_len: int,
@@ -78,7 +122,8 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     if not is_rank_dir(ms_dir):
         ms_checkpoint_files(ms_dir)  # fail on a missing checkpoint before loading two models
     hf_plan, ms_plan = refuse_different_models(hf_dir, ms_dir)
-    hf_model_class(hf_dir, hf_plan.table)  # before anything is loaded: remote-code families have no HF side
+    with gc_paused():  # imports transformers and torch
+        hf_model_class(hf_dir, hf_plan.table)  # before anything is loaded: remote-code families have no HF side
     cfg = ms_plan.model_config
     vocab = int(cfg["vocab_size"])
     pad = cfg.get("pad_token_id")
@@ -103,20 +148,36 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
     if opts.device != "CPU" and (opts.device, dtype) not in FIXED_TOLERANCES:
         raise ConvertError(ms_plan.source.config_file, f"no tolerances for {dtype} on {opts.device}")
     tol = tolerances(opts.device, dtype)
+
+    # Importing MindSpore and MindFormers (every model MindFormers ships) is 2-6 s of Python holding the
+    # GIL; the HF side's work is mostly torch kernels, which release it: the import runs beside it
+    # (measured: ~2 s less wall time on the 1B shape). A missing package is still refused before any
+    # model is built.
+    if find_spec("mindspore") is None or find_spec("mindformers") is None:
+        import_mindformers()
+    mindformers = Background(import_mindformers)
+    total = 2 * (int(cfg["num_layers"]) + 3)
+    try:
+        hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
+                    reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
+        # The import's transient memory must not meet the HF side's peak, its lm_head stage.
+        hf.stages.wait_before["lm_head"] = mindformers.result
+        ref = hf.logits(ids, keep_buffers=stream)
+    except BaseException:
+        # Not before the import is over: it redirects sys.stdout while it runs, which a caller that
+        # swaps sys.stdout itself (click's test runner) would otherwise get back after restoring it.
+        mindformers.join()
+        raise
+    mindformers.result()
     differences = config_differences(ms_plan.table, hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
     differences += [f"generation.{d}" for d in generation_differences(ms_plan.table, hf_plan.source.generation_config, cfg)]
-
-    total = 2 * (int(cfg["num_layers"]) + 3)
-    hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
-                reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
-    ref = hf.logits(ids)
     # A multi-rank directory is read through our merge (its files hold slices and optimizer state):
     # the model's tensors only, streamed or whole.
     merged = ms_plan.source.ranks is not None
     weights = {n: r for n, r in ms_plan.source.tensors.items() if n in {s for t in ms_plan.tensors for s in t.sources}}
     ms = MSSide(ms_dir, cfg, ms_plan.source.config_file, ms_plan.table, opts.device, opts.batch, length,
                 (weights if merged else ms_plan.source.tensors) if stream else None, on_stage, total,
-                merged=weights if merged and not stream else None)
+                merged=weights if merged and not stream else None, buffers=hf.buffers if stream else None)
     ms.stages.done = total // 2  # the HF side's stages came first
     got = ms.logits(ids)
 

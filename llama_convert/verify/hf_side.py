@@ -87,9 +87,12 @@ class HFSide:
     def _drop(self, module) -> None:
         module.to("meta")
 
-    def logits(self, ids: np.ndarray) -> np.ndarray:
+    def logits(self, ids: np.ndarray, keep_buffers: bool = False) -> np.ndarray:
+        """keep_buffers: the stage buffers stay (the MindSpore side takes them over, see MSSide), else
+        they are released."""
         try:
             with self.torch.no_grad():
                 return self.model(self.torch.from_numpy(ids), use_cache=False).logits.float().numpy()
         finally:
-            self.buffers.release()  # room for the other side's
+            if not keep_buffers:
+                self.buffers.release()  # room for the other side's

@@ -20,13 +20,22 @@ FLOAT32_COMPUTE = {k: "float32" for k in ("compute_dtype", "param_init_type", "l
 
 class MSSide:
     def __init__(self, ms_dir: Path, cfg: dict, yaml_path: Path, table: Table, device: str, batch: int, length: int,
-                 tensors: dict | None = None, on_stage=None, total: int = 0, merged: dict | None = None):
+                 tensors: dict | None = None, on_stage=None, total: int = 0, merged: dict | None = None,
+                 buffers: StageBuffers | None = None):
         """MindFormers' model built from the YAML; with `tensors` (MS_DIR's headers) streamed; with
-        `merged` (a multi-rank directory's merged tensors) whole, loaded from those instead of MS_DIR's files."""
+        `merged` (a multi-rank directory's merged tensors) whole, loaded from those instead of MS_DIR's files.
+        `buffers`: the HF side's stage buffers, done with, to read this side's stages into: their pages are
+        already the process's, where new buffers as large as the largest stage would be zero-filled by the
+        kernel again (about 1 s on the 1B shape here). They are released after the forward."""
         mindformers = import_mindformers()
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_device(device)
+        if device == "CPU":
+            # PyNative queues each op for a worker thread and the Python thread spins until it ran: on CPU
+            # the two share the cores the kernels run on (on 2 cores this side took 1.5-2x as long, the
+            # same numbers). MindSpore has no way back, so a library caller's later ops run blocking too.
+            ms.runtime.launch_blocking()
         config_class = getattr(mindformers.models, table.mindformers.config_class)
         model_class = getattr(mindformers.models, table.mindformers.model_class)
         self.ms = ms
@@ -38,7 +47,7 @@ class MSSide:
         self.pad_token_id = cfg.get("pad_token_id")
         self.length = length
         self.ms_dir, self.tensors, self.device = ms_dir, tensors, device
-        self.buffers = StageBuffers()
+        self.buffers = buffers or StageBuffers()
         try:
             if tensors is None:
                 self.net = model_class(config_class(**{**cfg, **overrides}))
