@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -55,30 +54,6 @@ def gc_paused():
     finally:
         if was:
             gc.enable()
-
-
-class Background:
-    """fn() run in a thread; result() waits for it and returns its value or raises its exception."""
-
-    def __init__(self, fn):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name=f"llama-convert {fn.__name__}")
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._value = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
-            self._error = e
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def compare(hf: HFSide, ms: MSSide, ref_logits: np.ndarray, got: np.ndarray, seq_len: int,
@@ -149,26 +124,19 @@ def verify(hf_dir: str | Path, ms_dir: str | Path, options: VerifyOptions | None
         raise ConvertError(ms_plan.source.config_file, f"no tolerances for {dtype} on {opts.device}")
     tol = tolerances(opts.device, dtype)
 
-    # Importing MindSpore and MindFormers (every model MindFormers ships) is 2-6 s of Python holding the
-    # GIL; the HF side's work is mostly torch kernels, which release it: the import runs beside it
-    # (measured: ~2 s less wall time on the 1B shape). A missing package is still refused before any
-    # model is built.
+    # A missing MindSpore or MindFormers is refused before any model is built; the import itself waits
+    # until the HF side is done. Run in a thread beside the HF side's torch work it saved ~2 s, but its
+    # ~0.5 GiB then met the HF side's peak (the lm_head stage) and the peak RSS of the 8B shape rose from
+    # 5.3 to 6.3 GiB; it also runs `lscpu`, whose vfork child a process-tree RSS counts as a second copy
+    # of whatever the process holds at that moment (bench/verify_speed_results.md).
     if find_spec("mindspore") is None or find_spec("mindformers") is None:
         import_mindformers()
-    mindformers = Background(import_mindformers)
     total = 2 * (int(cfg["num_layers"]) + 3)
-    try:
-        hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
-                    reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
-        # The import's transient memory must not meet the HF side's peak, its lm_head stage.
-        hf.stages.wait_before["lm_head"] = mindformers.result
-        ref = hf.logits(ids, keep_buffers=stream)
-    except BaseException:
-        # Not before the import is over: it redirects sys.stdout while it runs, which a caller that
-        # swaps sys.stdout itself (click's test runner) would otherwise get back after restoring it.
-        mindformers.join()
-        raise
-    mindformers.result()
+    hf = HFSide(hf_dir, hf_plan.table, hf_plan.source.tensors if stream else None, on_stage, total,
+                reference_length=seq_len if tol["rule"] == "noise_ratio" else None)
+    ref = hf.logits(ids, keep_buffers=stream)
+    with gc_paused():
+        import_mindformers()
     differences = config_differences(ms_plan.table, hf_plan.model_config, cfg, mindformers_defaults(ms_plan.table))
     differences += [f"generation.{d}" for d in generation_differences(ms_plan.table, hf_plan.source.generation_config, cfg)]
     # A multi-rank directory is read through our merge (its files hold slices and optimizer state):

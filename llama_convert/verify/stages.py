@@ -5,7 +5,6 @@ from operator import attrgetter
 
 import contextlib
 import math
-from typing import Callable
 
 import numpy as np
 
@@ -90,10 +89,6 @@ class Stages:
         self.side, self.total, self.on_stage = side, total, on_stage
         self.load, self.drop, self.then = load, drop, then
         self.captured: dict[str, np.ndarray] = {}
-        # place -> work running beside this side (a callable that waits for it) to finish before that
-        # place's stage loads: the lm_head stage is the peak of memory, and the other work's transient
-        # memory must not add to it
-        self.wait_before: dict[str, Callable[[], object]] = {}
         self.capture = True
         self.done = 0
         self._paused = False
@@ -112,8 +107,6 @@ class Stages:
         def hook(*_):
             if self._paused:
                 return
-            if place in self.wait_before:
-                self.wait_before.pop(place)()
             if self.load:
                 self.load(place, module)
         return hook
