@@ -219,7 +219,22 @@ def _read_runs(path: Path, view: memoryview, file_off: list[int], dst: list[int]
 def gather(stored: FileRanges | Scatter, src_off: list[int], out_off: list[int], length: list[int]) -> tuple[Runs, ...]:
     """The file runs that carry bytes [src_off[i], src_off[i] + length[i]) of a stored tensor to
     out_off[i], whether the tensor sits in one file (FileRanges) or is assembled from several (a Scatter:
-    a tensor merged from the slices of several ranks). Requested runs ascend in both offsets."""
+    a tensor merged from the slices of several ranks). The requested runs may step back in either
+    offset (a regrouping of one source, Phi-3's [q; k; v] into per-KV-head groups or [gate; up]
+    interleaved, lands q's runs, then k's, then v's): they are taken in chains that ascend in both,
+    because a Scatter finds a window's runs by bisecting offsets sorted both ways; otherwise a window
+    that starts inside the tensor would take the wrong bytes."""
+    runs, begin = [], 0
+    for i in range(1, len(src_off) + 1):
+        if i == len(src_off) or out_off[i] < out_off[i - 1] or src_off[i] < src_off[i - 1]:
+            runs.extend(_gather_ascending(stored, src_off[begin:i], out_off[begin:i], length[begin:i]))
+            begin = i
+    return tuple(runs)
+
+
+def _gather_ascending(stored: FileRanges | Scatter, src_off: list[int], out_off: list[int],
+                      length: list[int]) -> tuple[Runs, ...]:
+    """gather() for requested runs that ascend in both offsets."""
     if isinstance(stored, FileRanges):
         return (Runs.of(stored, src_off, out_off, length),)
     out = []

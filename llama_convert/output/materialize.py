@@ -51,11 +51,11 @@ class Materializer:
             runs = []
             for ref, placed in zip(refs, op.placement([r.shape for r in refs], ctx)):
                 at, count = _bytes(placed, item)
-                runs.extend(_gather_ascending(ref.stored, _starts(count), at, count))
+                runs.extend(gather(ref.stored, _starts(count), at, count))
             return Scatter(tuple(runs), sum(r.nbytes for r in refs))
         (ref,) = refs  # backward: one part of a fused tensor, its runs gathered in order
         at, count = _bytes(op.placement(op.in_shapes(ref.shape, ctx), ctx)[pt.part], item)
-        return Scatter(_gather_ascending(ref.stored, at, _starts(count), count), sum(count))
+        return Scatter(gather(ref.stored, at, _starts(count), count), sum(count))
 
     def _in_memory(self, pt: PlannedTensor, refs: list) -> InMemory:
         op, ctx = ops.get(pt.op), self.plan.op_context()
@@ -75,20 +75,6 @@ class Materializer:
 def _bytes(placed: list[tuple[int, int]], item: int) -> tuple[list[int], list[int]]:
     """A placement's (element offset, element count) runs as byte offsets and byte counts."""
     return [at * item for at, _ in placed], [n * item for _, n in placed]
-
-
-def _gather_ascending(stored, src_off: list[int], out_off: list[int], length: list[int]) -> tuple:
-    """gather() for runs in source order whose output offsets may step back: a regrouping of one source
-    (Phi-3's [q; k; v] into per-KV-head groups, [gate; up] interleaved) lands q's runs, then k's, then
-    v's. A Scatter finds a window's runs by bisecting offsets sorted both ways, so the runs go in
-    chains that ascend in both; otherwise a window that starts inside the tensor takes the wrong bytes
-    (only a read of the whole tensor at once came out right)."""
-    runs, begin = [], 0
-    for i in range(1, len(src_off) + 1):
-        if i == len(src_off) or out_off[i] < out_off[i - 1] or src_off[i] < src_off[i - 1]:
-            runs.extend(gather(stored, src_off[begin:i], out_off[begin:i], length[begin:i]))
-            begin = i
-    return tuple(runs)
 
 
 def _starts(counts: list[int]) -> list[int]:
