@@ -11,10 +11,9 @@ regular file) makes that row `invalid`, with its line and key, and the other row
 """
 from __future__ import annotations
 
-import dataclasses
-
 import codecs
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -45,6 +44,7 @@ ROW_KEYS = ("src", "out", "id", "direction", "verify")
 NOTE_KEYS = ("repo", "commit", "note")   # recorded in the report, not acted on (bulk plan writes them)
 PATH_KEYS = ("src", "out", "config")
 KNOWN = set(ROW_KEYS) | set(NOTE_KEYS) | {k for keys in OPTION_KEYS.values() for k in keys}
+
 
 def unknown_key(key: object, what: str = "key") -> str:
     """`unknown key 'qkv_concatt' (did you mean 'qkv_concat'?)`: a typo is named with its likely fix."""

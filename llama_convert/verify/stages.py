@@ -46,7 +46,6 @@ class StageBuffers:
 
     def start(self, refs) -> None:
         """Make room for the tensors of one stage (TensorRefs), forgetting the stage before."""
-        import numpy as np
         import torch
         raw = sum(r.nbytes for r in refs if r.ranges is not None and r.dtype in ("bfloat16", "float16"))
         values = sum(math.prod(r.shape) for r in refs)
@@ -105,9 +104,7 @@ class Stages:
 
     def before(self, place, module):
         def hook(*_):
-            if self._paused:
-                return
-            if self.load:
+            if self.load and not self._paused:
                 self.load(place, module)
         return hook
 
