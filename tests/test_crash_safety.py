@@ -49,6 +49,13 @@ def complete(out: Path) -> bool:
     return present == listed
 
 
+def identity(out: Path) -> tuple[int, int]:
+    """Which run wrote OUT_DIR. Not its text: two runs within one second write the same conversion.json. A run
+    creates its files while the earlier output still exists, so a new output never has the earlier's inode."""
+    st = (out / "conversion.json").stat()
+    return st.st_dev, st.st_ino
+
+
 def debris(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name != "out")
 
@@ -68,7 +75,7 @@ def test_killed_runs_leave_no_false_output_lose_nothing_and_are_cleaned_up_after
     parent.mkdir()
     out = parent / "out"
     assert start("hf2ms", big_src, out).wait(timeout=120) == 0
-    earlier = (out / "conversion.json").read_text()
+    earlier = identity(out)
 
     rng = random.Random(10)
     kills = [signal.SIGKILL] * 5 + [signal.SIGTERM] * 5 + [signal.SIGINT] * 5
@@ -83,7 +90,7 @@ def test_killed_runs_leave_no_false_output_lose_nothing_and_are_cleaned_up_after
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
         if sig != signal.SIGKILL and proc.returncode == -sig:  # only after the run, its output in place
-            assert complete(out) and (out / "conversion.json").read_text() != earlier
+            assert complete(out) and identity(out) != earlier
         else:
             assert proc.returncode in (0, EXIT_ON[sig]), (sig, proc.returncode, err)
         assert "Traceback" not in err, err
@@ -91,7 +98,7 @@ def test_killed_runs_leave_no_false_output_lose_nothing_and_are_cleaned_up_after
         if out.exists():
             assert complete(out), (sig, proc.returncode)
             if proc.returncode != 0:  # killed before its commit: the earlier output, or killed just after
-                assert (out / "conversion.json").read_text() == earlier or complete(out)
+                assert identity(out) == earlier or complete(out)
         else:  # killed between moving the earlier output aside and renaming the new one in
             assert sig == signal.SIGKILL and aside.is_dir(), debris(parent)
         if sig != signal.SIGKILL:  # cleaned up on its way out: nothing but OUT_DIR
@@ -99,8 +106,8 @@ def test_killed_runs_leave_no_false_output_lose_nothing_and_are_cleaned_up_after
         else:  # only what killed runs left: a partial directory or the earlier output moved aside
             killed |= {f".out.partial-{HOST}-{proc.pid}", aside.name}
             assert set(debris(parent)) <= killed, debris(parent)
-        if proc.returncode == 0 or (out.exists() and (out / "conversion.json").read_text() != earlier):
-            earlier = (out / "conversion.json").read_text()
+        if out.exists():
+            earlier = identity(out)
 
     final = start("hf2ms", big_src, out, "--force")
     assert final.wait(timeout=120) == 0
