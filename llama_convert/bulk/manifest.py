@@ -434,21 +434,20 @@ def _hub_source(path: Path, given: str, source: SourceOptions, fetch: bool) -> t
     src: a path (relative to the manifest) that exists, else a hub repo id at `revision`, resolved in
     the local hub cache as hf2ms resolves it (a models--ORG--NAME cache folder too). Downloaded only
     when the row says `download` (and `fetch`); a repo the cache lacks is this row's problem alone."""
-    from ..sources.hub import hub_origin, looks_like_repo_id, resolve_source
+    from ..sources.hub import Spelling, hub_origin, looks_like_repo_id, resolve_source
+    row_keys = Spelling(download='set "download": true on the row', revision="revision")
     is_id = _stat(path) is None and looks_like_repo_id(given)
     if not is_id and not source.revision and not path.name.startswith("models--"):
         return path, {}, None   # a directory, or nothing (said as a missing source)
     try:
         if is_id and source.download and not fetch:
-            found = resolve_source(given, source.revision, False)
+            found = resolve_source(given, source.revision, False, row_keys)
         else:
-            found = resolve_source(given if is_id else path, source.revision, source.download)
+            found = resolve_source(given if is_id else path, source.revision, source.download, row_keys)
     except ConvertError as e:
         said = e.one_line()
         if is_id and source.download and not fetch:
             said = f"{given}: not in the local hub cache; a run fetches it first (download), a dry run does not"
-        # hub.py speaks to the command line: a row sets keys
-        said = said.replace("pass --download", 'set "download": true on the row').replace("--revision", "revision")
         return path, {}, f"src {said}"
     origin = hub_origin(found)
     return found, ({"repo": origin["repo_id"], "commit": origin["commit"]} if origin else {}), None

@@ -9,6 +9,7 @@ the hub does not check what it downloaded.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConvertError
@@ -20,6 +21,14 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 # The files a conversion reads; --download fetches these and no others (no .bin when safetensors exist).
 _CONFIGS = ["config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json"]
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How this module's advice names the two options that pick a hub source: as the command line spells
+    them by default; a bulk manifest row passes its own keys."""
+    download: str = "pass --download"
+    revision: str = "--revision"
 
 
 def hub_origin(snapshot: Path) -> dict | None:
@@ -35,27 +44,30 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.fullmatch(text)) and ".." not in text and not text.startswith(".")
 
 
-def resolve_source(src: str | Path, revision: str | None = None, download: bool = False) -> Path:
+def resolve_source(src: str | Path, revision: str | None = None, download: bool = False,
+                   spelling: Spelling = Spelling()) -> Path:
     """The local directory SRC names: SRC itself when it is a directory (a `models--` cache folder: its
     snapshot at `revision`, default main), else the hub cache's snapshot of repo id SRC at `revision`,
     fetched first with `download`. Anything else is returned as it is, for the reader to refuse."""
     path = Path(src)
     if path.is_dir() and path.name.startswith("models--") and (path / "snapshots").is_dir():
         repo_id = path.name.removeprefix("models--").replace("--", "/", 1)
-        return _snapshot(repo_id, revision, False, path.parent, str(path))
+        return _snapshot(repo_id, revision, False, path.parent, str(path), spelling)
     if path.is_dir() and path.name.startswith("models--") and not (path / "config.json").exists():
         raise ConvertError(path, "is a HF hub cache folder with no snapshots/ directory",
-                           "an interrupted download? fetch it again (hf2ms ORG/NAME --download), or give a "
+                           f"an interrupted download? fetch it again ({spelling.download} with its repo id), or give a "
                            "directory that holds config.json")
     if path.exists() or not looks_like_repo_id(str(src)):
         if revision is not None and path.exists():
-            raise ConvertError(path, "is a local directory, and --revision only picks a snapshot of a hub repo id or "
-                               "of a models--ORG--NAME cache folder", "leave out --revision, or name the repo id")
+            raise ConvertError(path, f"is a local directory, and {spelling.revision} only picks a snapshot of a hub "
+                               "repo id or of a models--ORG--NAME cache folder",
+                               f"leave out {spelling.revision}, or name the repo id")
         return path
-    return _snapshot(str(src), revision, download, None, str(src))
+    return _snapshot(str(src), revision, download, None, str(src), spelling)
 
 
-def _snapshot(repo_id: str, revision: str | None, download: bool, cache: Path | None, shown: str) -> Path:
+def _snapshot(repo_id: str, revision: str | None, download: bool, cache: Path | None, shown: str,
+              spelling: Spelling) -> Path:
     try:
         with needed_for(f"a hub repo id as the source ({repo_id})", "hub"):
             import huggingface_hub
@@ -77,14 +89,14 @@ def _snapshot(repo_id: str, revision: str | None, download: bool, cache: Path | 
             snaps = sorted(p.name for p in (cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").glob("*"))
             raise ConvertError(Path(shown), f"holds no snapshot for revision {rev!r} (snapshots: "
                                f"{', '.join(s[:12] for s in snaps) or 'none'})",
-                               "give --revision COMMIT, or a directory under snapshots/") from None
+                               f"give {spelling.revision} COMMIT, or a directory under snapshots/") from None
         raise ConvertError(Path(shown), f"source directory not found, and the hub cache {where} holds no snapshot of "
                            f"repo {repo_id} at revision {rev!r}",
-                           "pass --download to fetch it with huggingface_hub, or set HF_HUB_CACHE / HF_HOME to "
+                           f"{spelling.download} to fetch it with huggingface_hub, or set HF_HUB_CACHE / HF_HOME to "
                            "the cache that holds it") from None
     except (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError) as e:
         raise ConvertError(Path(shown), f"the hub refused it: {type(e).__name__}",
-                           "check the repo id and --revision; a gated or private repo needs `hf auth login` "
+                           f"check the repo id and {spelling.revision}; a gated or private repo needs `hf auth login` "
                            "(or HF_TOKEN)") from None
     except (OSError, errors.HfHubHTTPError) as e:
         raise ConvertError(Path(shown), f"could not be fetched from the hub: {' '.join(str(e).split())[:200]}",
