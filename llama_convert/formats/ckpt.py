@@ -62,10 +62,12 @@ def padding_record(size: int) -> bytes | None:
 
 
 class CkptWriter:
-    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES, align_min_bytes: int = ALIGN_MIN_BYTES):
+    def __init__(self, path: Path, slice_bytes: int | None = None, align_min_bytes: int | None = None):
+        """slice_bytes, align_min_bytes: None (an option left unset) for MindSpore's slice size and our
+        alignment threshold."""
         self.path = path
-        self.slice_bytes = slice_bytes
-        self.align_min_bytes = align_min_bytes
+        self.slice_bytes = slice_bytes or SLICE_BYTES
+        self.align_min_bytes = align_min_bytes or ALIGN_MIN_BYTES
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._pos = 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import ConvertError
-from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
+from ..formats.ckpt import CkptWriter
 from ..formats.payload import same_bytes
 from ..formats.safetensors import HF_INDEX, NAME_MAP, SafetensorsWriter, weight_map_text
 from .hashing import Hashes
@@ -69,8 +69,8 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         return
     make = Materializer(plan)
     if plan.options.format == "ckpt":
-        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes or SLICE_BYTES,
-                            plan.options.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
+        writer = CkptWriter(tmp / plan.weight_files[0], plan.options.ckpt_slice_bytes,
+                            plan.options.ckpt_align_min_bytes)
         hashes.follow(writer.path)
         for pt in source_order(plan, plan.tensors):
             writer.add(pt.name, pt.dtype, pt.shape, make(pt), copied_from(plan, pt))

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..console.progress import Progress
 from ..core.dtypes import dtype as dtype_info
 from ..formats import strategy as st
-from ..formats.ckpt import ALIGN_MIN_BYTES, SLICE_BYTES, CkptWriter
+from ..formats.ckpt import CkptWriter
 from ..formats.payload import WINDOW, FileRanges, Payload, block_runs, pick
 from ..formats.safetensors import SafetensorsWriter
 from ..plan.parallel import strategy_file
@@ -61,8 +61,7 @@ class _Rank:
         self.path.parent.mkdir()
         opts = plan.options
         if opts.format == "ckpt":
-            self.writer = CkptWriter(self.path, opts.ckpt_slice_bytes or SLICE_BYTES,
-                                     opts.ckpt_align_min_bytes or ALIGN_MIN_BYTES)
+            self.writer = CkptWriter(self.path, opts.ckpt_slice_bytes, opts.ckpt_align_min_bytes)
         else:
             offsets = [None if _column_block(plan.parallel.block(rank, pt.name, pt.shape), pt.shape)
                        else _copied_from(_slice(plan, make, rank, pt)) for pt in members]
