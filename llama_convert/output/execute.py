@@ -80,12 +80,8 @@ def write_weights(plan: Plan, tmp: Path, hashes: Hashes | None = None, progress:
         hashes.submit(writer.path)
         return
     for shard, fname in enumerate(plan.weight_files):
-        members = [pt for pt in plan.tensors if pt.shard == shard]
-        # hf2ms reads in source order, its copies page-congruent with the source; ms2hf keeps the plan's
-        # (HF module) order and no source-dependent padding, so one model gives byte-identical files from
-        # any MindSpore checkpoint of it (one card, a training run's ranks).
-        _write_safetensors(plan, make, members if plan.direction == "ms2hf" else source_order(plan, members),
-                           tmp, fname, plan.weight_metadata, hashes, progress)
+        _write_safetensors(plan, make, [pt for pt in plan.tensors if pt.shard == shard], tmp, fname,
+                           plan.weight_metadata, hashes, progress)
     if index := index_file(plan):
         (tmp / index[0]).write_text(index[1])
 
@@ -102,8 +98,14 @@ def index_file(plan: Plan) -> tuple[str, str] | None:
 
 def _write_safetensors(plan: Plan, make: Materializer, members: list[PlannedTensor], tmp: Path, fname: str,
                        metadata: dict[str, str], hashes: Hashes, progress: Progress) -> None:
+    # hf2ms reads in source order, its copies page-congruent with the source; ms2hf keeps the plan's
+    # (HF module) order and no source-dependent padding, so one model gives byte-identical files from
+    # any MindSpore checkpoint of it (one card, a training run's ranks).
+    congruent = plan.direction == "hf2ms"
+    if congruent:
+        members = source_order(plan, members)
     writer = SafetensorsWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in members], metadata,
-                               [copied_from(plan, t) for t in members] if plan.direction == "hf2ms" else ())
+                               [copied_from(plan, t) for t in members] if congruent else ())
     hashes.follow(writer.path)
     for pt in members:
         writer.add(pt.name, make(pt))
