@@ -439,15 +439,13 @@ def _hub_source(path: Path, given: str, source: SourceOptions, fetch: bool) -> t
     is_id = _stat(path) is None and looks_like_repo_id(given)
     if not is_id and not source.revision and not path.name.startswith("models--"):
         return path, {}, None   # a directory, or nothing (said as a missing source)
+    only_look = is_id and source.download and not fetch   # a dry run of a row that may download
     try:
-        if is_id and source.download and not fetch:
-            found = resolve_source(given, source.revision, False, row_keys)
-        else:
-            found = resolve_source(given if is_id else path, source.revision, source.download, row_keys)
+        found = resolve_source(given if is_id else path, source.revision, source.download and not only_look,
+                               row_keys)
     except ConvertError as e:
-        said = e.one_line()
-        if is_id and source.download and not fetch:
-            said = f"{given}: not in the local hub cache; a run fetches it first (download), a dry run does not"
+        said = (f"{given}: not in the local hub cache; a run fetches it first (download), a dry run does not"
+                if only_look else e.one_line())
         return path, {}, f"src {said}"
     origin = hub_origin(found)
     return found, ({"repo": origin["repo_id"], "commit": origin["commit"]} if origin else {}), None
